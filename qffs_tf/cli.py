@@ -8,6 +8,7 @@ exits with status 2, without a traceback. Set QFFS_DEBUG=1 to get the traceback 
 from __future__ import annotations
 
 import contextlib
+import logging as std_logging
 import os
 import sys
 import traceback
@@ -20,6 +21,7 @@ from qffs_tf.errors import QFFSError
 __all__ = ["run", "fail", "quiet_tensorflow", "validate_flagfiles", "UsageError"]
 
 EXIT_USAGE = 2
+_HELP_FLAGS = {"help", "helpshort", "helpfull", "helpxml", "?", "h"}
 
 
 class UsageError(QFFSError):
@@ -54,6 +56,8 @@ def quiet_tensorflow() -> Iterator[None]:
             os.dup2(devnull.fileno(), 2)
             try:
                 yield
+                # TF's Python INFO messages (checkpoint sharding...) are noise for a user.
+                std_logging.getLogger("tensorflow").setLevel(std_logging.WARNING)
             finally:
                 sys.stderr.flush()
                 os.dup2(saved, 2)
@@ -109,6 +113,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         validate_flagfiles(argv[1:])
         rest = flags.FLAGS(argv)
+    except SystemExit as e:
+        # absl prints --help/--helpshort/--helpfull and exits 1; asking for help is a success.
+        asked = any(arg.lstrip("-").split("=")[0] in _HELP_FLAGS for arg in argv[1:])
+        sys.exit(0 if asked and e.code == 1 else e.code)
     except UsageError as e:
         fail(str(e))
     except flags.Error as e:
@@ -118,8 +126,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return rest
 
 
+def _not_tensorflow_info(record: std_logging.LogRecord) -> bool:
+    """Drop TensorFlow's own INFO records logged through absl (checkpoint sharding...)."""
+    internal = f"{os.sep}tensorflow{os.sep}" in record.pathname
+    return record.levelno >= std_logging.WARNING or not internal
+
+
 def run(main: Callable[[list[str]], int | None]) -> None:
     """Run `main(argv)` as an absl app; user errors become a one-line message and exit 2."""
+    logging.get_absl_logger().addFilter(_not_tensorflow_info)
 
     def guarded(argv: list[str]) -> int | None:
         try:

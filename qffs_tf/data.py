@@ -412,6 +412,11 @@ def load(
     tf.distribute (per-replica batch from input_context.get_per_replica_batch_size(batch_size)).
     `take` limits the number of examples (before batching), for quick runs and calibration: it
     keeps a fixed prefix of the split, the same examples every epoch.
+
+    mnist5k is shuffled by an exact numpy permutation seeded by (seed, epoch) alone. TFDS sets
+    use a tf.data shuffle buffer (the whole split for mnist/cifar) seeded by (seed, epoch);
+    TensorFlow also mixes in its global seed when one is set (tf.random.set_seed), so a resumed
+    run must set the same global seed, or none.
     """
     _check_name(name)
     _check_split(split)

@@ -25,7 +25,9 @@ _EPSILON = 1e-8
 def check_bits(bits: int, what: str = "activation_bits") -> int:
     """Validate a bit width (1..8) and return it as an int."""
     if isinstance(bits, bool) or not isinstance(bits, int | float) or int(bits) != bits:
-        raise ValueError(f"{what} must be a whole number from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+        raise ValueError(
+            f"{what} must be a whole number from {MIN_BITS} to {MAX_BITS}, got {bits!r}"
+        )
     if not MIN_BITS <= int(bits) <= MAX_BITS:
         raise ValueError(f"{what} must be from {MIN_BITS} to {MAX_BITS}, got {bits}")
     return int(bits)
@@ -182,7 +184,9 @@ class QFFSActivationQuantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return {"bits": self.bits, "init": self.init}
 
     def __eq__(self, other):
-        return isinstance(other, QFFSActivationQuantizer) and self.get_config() == other.get_config()
+        return (
+            isinstance(other, QFFSActivationQuantizer) and self.get_config() == other.get_config()
+        )
 
     def __ne__(self, other):
         return not self.__eq__(other)
@@ -207,8 +211,9 @@ class QFFSLinearConfig(tfmot.quantization.keras.QuantizeConfig):
     """Conv2D / DepthwiseConv2D / Dense: optional QFFS activation on the fused ReLU and
     optional tfmot weight fake-quantization."""
 
-    def __init__(self, activation_bits: int | None = None, weight_bits: int | None = None,
-                 init: str = "lsq"):
+    def __init__(
+        self, activation_bits: int | None = None, weight_bits: int | None = None, init: str = "lsq"
+    ):
         self.activation_bits = activation_bits
         self.weight_bits = weight_bits
         self.init = init

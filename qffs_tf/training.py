@@ -18,6 +18,7 @@ random-generator states are part of the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +60,13 @@ FLOAT_MODEL = "float_model.keras"
 QAT_MODEL = "qat_model.keras"
 
 # Fields that may change between a run and its resumption (they do not change the result).
-_RESUMABLE_CHANGES = {"run_dir", "data_dir", "verbose", "stop_after_steps", "checkpoint_every_steps"}
+_RESUMABLE_CHANGES = {
+    "run_dir",
+    "data_dir",
+    "verbose",
+    "stop_after_steps",
+    "checkpoint_every_steps",
+}
 
 
 class TrainConfigError(QFFSError, ValueError):
@@ -120,7 +128,9 @@ def validate_config(config: TrainConfig) -> None:
     _check(c.qat_epochs >= 0, f"qat_epochs must be >= 0, got {c.qat_epochs}.")
     _check(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}.")
     _check(c.width > 0, f"width must be > 0, got {c.width}.")
-    _check(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}.")
+    _check(
+        c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}."
+    )
     _check(
         c.lr_schedule in LR_SCHEDULES,
         f"lr_schedule must be one of {LR_SCHEDULES}, got {c.lr_schedule!r}.",
@@ -154,11 +164,31 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _seed_everything(seed: int) -> None:
-    """Python, numpy and TF seeds; deterministic ops; dropout on checkpointable generators."""
-    keras.utils.set_random_seed(seed)
+@contextlib.contextmanager
+def _reproducible() -> Iterator[None]:
+    """Deterministic ops, and dropout drawn from checkpointable tf.random.Generators.
+
+    Both are process-wide switches; the previous settings come back on exit, so code that
+    runs after train() in the same process (tests, notebooks) is not affected.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    determinism_was_on = tf_config.is_op_determinism_enabled()
+    generator_was_on = keras.backend.experimental.is_tf_random_generator_enabled()
     tf.config.experimental.enable_op_determinism()
     keras.backend.experimental.enable_tf_random_generator()
+    try:
+        yield
+    finally:
+        if not determinism_was_on:
+            tf_config.disable_op_determinism()
+        if not generator_was_on:
+            keras.backend.experimental.disable_tf_random_generator()
+
+
+def _seed_everything(seed: int) -> None:
+    """Python, numpy and TF seeds (weights, dropout generators)."""
+    keras.utils.set_random_seed(seed)
 
 
 def _random_generators(model: keras.Model) -> list[tf.random.Generator]:
@@ -199,7 +229,9 @@ def _learning_rate(config: TrainConfig, base: float, total_steps: int):
 def _make_optimizer(config: TrainConfig, learning_rate) -> keras.optimizers.Optimizer:
     if config.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.momentum, nesterov=True)
+    return keras.optimizers.SGD(
+        learning_rate=learning_rate, momentum=config.momentum, nesterov=True
+    )
 
 
 def _compile(model: keras.Model, optimizer, config: TrainConfig) -> None:
@@ -335,10 +367,10 @@ class _StageCheckpointer(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         s = self.stage
-        s.step_in_epoch.assign_add(1)
-        steps = int(s.optimizer.iterations.numpy())
-        last_of_epoch = int(s.step_in_epoch.numpy()) >= s.steps_per_epoch  # saved at epoch end
-        if s.every_steps and steps % s.every_steps == 0 and not last_of_epoch:
+        s.batches_in_epoch += 1
+        s.iterations += 1
+        last_of_epoch = s.batches_in_epoch >= s.steps_per_epoch  # saved at the epoch end
+        if s.every_steps and s.iterations % s.every_steps == 0 and not last_of_epoch:
             s.save()
         s.process_steps[0] += 1
         if s.stop_after_steps and s.process_steps[0] >= s.stop_after_steps:
@@ -346,14 +378,14 @@ class _StageCheckpointer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         s = self.stage
-        row = {"epoch": epoch + 1, "steps": int(s.optimizer.iterations.numpy())}
+        row = {"epoch": epoch + 1, "steps": s.iterations}
         row.update({k: float(v) for k, v in (logs or {}).items()})
         row["learning_rate"] = float(_current_lr(s.optimizer))
         history = json.loads(s.history.numpy().decode())
         history.append(row)
         s.history.assign(json.dumps(history))
         s.epochs_done.assign(epoch + 1)
-        s.step_in_epoch.assign(0)
+        s.batches_in_epoch = 0
         s.save()
         self.model.stop_training = True  # one fit() call per epoch: data depends on the epoch
 
@@ -403,20 +435,25 @@ class _Stage:
         )
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
         self._clock = time.perf_counter()
+        self.iterations = 0  # Python mirrors of the counters: no device read per batch
+        self.batches_in_epoch = 0
 
     def restore(self) -> bool:
         latest = self.manager.latest_checkpoint
         if not latest:
             return False
         self.checkpoint.restore(latest).assert_existing_objects_matched()
+        self.iterations = int(self.optimizer.iterations.numpy())
+        self.batches_in_epoch = int(self.step_in_epoch.numpy())
         self._clock = time.perf_counter()
         return True
 
     def save(self) -> None:
+        self.step_in_epoch.assign(self.batches_in_epoch)
         now = time.perf_counter()
         self.seconds.assign_add(now - self._clock)
         self._clock = now
-        self.manager.save(checkpoint_number=self.optimizer.iterations)
+        self.manager.save(checkpoint_number=self.iterations)
 
 
 def _run_stage(
@@ -504,14 +541,28 @@ def _check_run_dir(config: TrainConfig, run_dir: Path) -> None:
     io_utils.write_json(path, current)
 
 
-def _evaluate(model: keras.Model, data: _Data, config: TrainConfig) -> dict[str, float]:
-    loss, accuracy = model.evaluate(data.test(), verbose=0)
-    return {"loss": float(loss), "accuracy": float(accuracy)}
+def _evaluate(model: keras.Model, data: _Data) -> dict[str, float]:
+    """Test accuracy as an exact fraction correct / total (no float32 metric averaging)."""
+    predict = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1))
+    correct = total = 0
+    for images, one_hot in data.test():
+        labels = tf.argmax(one_hot, axis=-1)
+        correct += int(tf.reduce_sum(tf.cast(predict(images) == labels, tf.int64)))
+        total += int(labels.shape[0])
+    if total == 0:
+        raise QFFSError("The test split is empty: nothing to evaluate.")
+    return {"accuracy": correct / total, "correct": correct, "total": total}
 
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Run (or resume, or just report) the two-stage training; return report.json's content."""
+    with _reproducible():
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> dict[str, Any]:
     validate_config(config)
+    data = _Data(config)  # an unknown data set fails before anything is written
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_run_dir(config, run_dir)
@@ -522,7 +573,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
         return io_utils.read_json(run_dir / "report.json", default={})
 
     strategy = make_strategy(config.strategy)
-    data = _Data(config)
     process_steps = [0]
     float_path = run_dir / FLOAT_MODEL
 
@@ -571,16 +621,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     # Evaluation and reports.
     start = time.perf_counter()
-    _compile(float_model, "sgd", config)
-    _compile(qat_model, "sgd", config)
-    float_eval = _evaluate(float_model, data, config)
-    qat_eval = _evaluate(qat_model, data, config)
+    float_eval = _evaluate(float_model, data)
+    qat_eval = _evaluate(qat_model, data)
     evaluate_seconds = time.perf_counter() - start
     stages = state["stages"]
     train_seconds = float(sum(stages[s]["seconds"] for s in STAGES))
-    test_examples = data.info.test_size
-    if config.test_limit is not None:
-        test_examples = min(test_examples, config.test_limit)
+    test_examples = qat_eval["total"]
     metrics = {
         "float": {**stages["float"], "test": float_eval},
         "qat": {**stages["qat"], "test": qat_eval},

@@ -7,6 +7,7 @@ no accuracy is measured on them).
 from __future__ import annotations
 
 import gzip
+import socket
 import time
 
 import numpy as np
@@ -270,7 +271,9 @@ def test_preprocess_imagenet_train_crop_is_seeded():
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "imagenet2012"])
-def test_missing_tfds_data_set_fails_fast_with_a_hint(tmp_path, name):
+def test_missing_tfds_data_set_fails_fast_with_a_hint(tmp_path, monkeypatch, name):
+    connections = []  # any network attempt (e.g. to GCS) would be recorded here
+    monkeypatch.setattr(socket.socket, "connect", lambda self, address: connections.append(address))
     start = time.monotonic()
     with pytest.raises(DatasetNotFoundError) as error:
         data.load(name, "train", batch_size=8, data_dir=str(tmp_path))
@@ -284,6 +287,7 @@ def test_missing_tfds_data_set_fails_fast_with_a_hint(tmp_path, name):
     # info() needs no data: it falls back to the standard sizes.
     assert data.info(name, data_dir=str(tmp_path)) == data._INFO[name]
     assert list(tmp_path.iterdir()) == []  # nothing was written
+    assert connections == []
 
 
 def test_unknown_name_and_split_are_clear_errors():

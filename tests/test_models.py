@@ -78,6 +78,7 @@ def test_every_model_builds_with_allowed_layers_and_logits(name, input_shape):
         if type(layer) is L.BatchNormalization:
             (source,) = _inbound(layer)
             assert not source.use_bias, source.name  # the BN carries the bias
+            assert (layer.momentum, layer.epsilon) == (0.9, 1e-5)  # PyTorch-like, fast stats
     assert len(_of_type(model, L.ReLU)) > 0
 
 

@@ -66,7 +66,9 @@ def test_outputs_take_only_quantized_levels():
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
     assert set(np.round(levels).astype(int).ravel()) <= {0, 1, 2, 3}
     # Calibration used LSQ's rule on this layer's ReLU output.
-    relu_out = np.maximum(x @ model.layers[1].get_weights()[0] + model.layers[1].get_weights()[1], 0)
+    relu_out = np.maximum(
+        x @ model.layers[1].get_weights()[0] + model.layers[1].get_weights()[1], 0
+    )
     assert step == pytest.approx(2 * relu_out.mean() / math.sqrt(3), rel=1e-5)
 
 

@@ -1,0 +1,292 @@
+"""`simulate`: run a converted SNN and record what happens at every time step.
+
+Two modes give identical spikes:
+- "layerwise": each linear layer runs once on all T steps (time folded into the batch), then
+  each neuron layer scans over T. Fast; what accuracy-per-step evaluation uses.
+- "stepwise": one step at a time, every layer's state carried from step to step, as a device
+  or a streaming application would run it. Memory does not grow with T, and with
+  `early_exit=True` the loop stops once every sample in the batch is quiet (no spike
+  anywhere), which leaves the logits exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from qffs_tf import spiking
+from qffs_tf._keras import keras, tf
+from qffs_tf.conversion import timesteps_of, with_timesteps
+from qffs_tf.errors import QFFSError
+
+MODES = ("layerwise", "stepwise")
+
+
+@dataclasses.dataclass
+class SimulationResult:
+    """Logits and spike statistics of one simulated batch (numpy arrays)."""
+
+    logits: np.ndarray  # (batch, T, classes): logits after steps 1..T
+    positive_spikes: dict[str, np.ndarray]  # IF layer -> (batch, T) +1 spikes per step
+    negative_spikes: dict[str, np.ndarray]  # IF layer -> (batch, T) -1 spikes per step
+    synaptic_ops: dict[str, np.ndarray]  # layer fed by spikes -> (batch, T) accumulations
+    counts: dict[str, np.ndarray]  # IF layer -> (batch, *neurons) final net spike counts
+    neurons: dict[str, int]  # IF layer -> number of neurons
+    quiet_step: np.ndarray  # (batch,) steps after which the logits were final; -1: not quiet
+    input_macs: int  # multiply-accumulates per sample on the analog input (step 0)
+    timesteps: int
+    steps_run: int  # < timesteps when early exit stopped the loop
+
+    @property
+    def final_logits(self) -> np.ndarray:
+        return self.logits[:, -1]
+
+    def spikes_per_step(self) -> np.ndarray:
+        """(batch, T) all spikes (both signs) over all IF layers."""
+        total = np.zeros(self.logits.shape[:2], np.int64)
+        for name in self.positive_spikes:
+            total += self.positive_spikes[name] + self.negative_spikes[name]
+        return total
+
+
+def _graph(snn: keras.Model) -> list[tuple[keras.layers.Layer, list[str]]]:
+    """(layer, names of its inputs) in topological order."""
+    order = []
+    for entry in snn.get_config()["layers"]:
+        inbound = entry.get("inbound_nodes") or [[]]
+        order.append((snn.get_layer(entry["name"]), [item[0] for item in inbound[0]]))
+    return order
+
+
+def _is_temporal(layer: keras.layers.Layer) -> bool:
+    return bool(getattr(layer, "temporal", False))
+
+
+def _neuron_axes(tensor: tf.Tensor, first: int) -> list[int]:
+    return list(range(first, tensor.shape.rank))
+
+
+def fanout(layer: spiking.SpikingLinear) -> tf.Tensor:
+    """Per input position, how many accumulations one input event causes (static shape)."""
+    shape = layer.input_shape
+    per_step = shape[2:] if layer.temporal else shape[1:]
+    probe = tf.ones([1, *per_step])
+    with tf.GradientTape() as tape:
+        tape.watch(probe)
+        total = tf.reduce_sum(layer.linear(probe, kernel=tf.ones_like(layer.kernel)))
+    return tape.gradient(total, probe)[0]
+
+
+def input_macs(snn: keras.Model) -> int:
+    """Multiply-accumulates per sample of the layers that act on the analog input."""
+    return int(
+        sum(
+            float(tf.reduce_sum(fanout(layer)))
+            for layer in snn.layers
+            if isinstance(layer, spiking.SpikingLinear) and not layer.temporal
+        )
+    )
+
+
+def ann_macs(snn: keras.Model) -> int:
+    """Multiply-accumulates per sample of the equivalent ANN (every synapse once)."""
+    return int(
+        sum(
+            float(tf.reduce_sum(fanout(layer)))
+            for layer in snn.layers
+            if isinstance(layer, spiking.SpikingLinear)
+        )
+    )
+
+
+class _Program:
+    """The compiled functions that simulate one SNN at one number of steps."""
+
+    def __init__(self, snn: keras.Model, jit_compile: bool):
+        self.snn = snn
+        self.graph = _graph(snn)
+        self.if_layers = [layer for layer, _ in self.graph if isinstance(layer, spiking.IFNeurons)]
+        self.synapses = [
+            layer
+            for layer, _ in self.graph
+            if isinstance(layer, spiking.SpikingLinear) and layer.temporal
+        ]
+        self.fanouts = {layer.name: fanout(layer) for layer in self.synapses}
+        self.integrate = next(
+            layer for layer, _ in self.graph if isinstance(layer, spiking.Integrate)
+        )
+        self.input_macs = input_macs(snn)
+        self.layerwise = tf.function(self._layerwise, jit_compile=jit_compile)
+        self.first_step = tf.function(lambda x, s: self._step(x, s, True), jit_compile=jit_compile)
+        self.next_step = tf.function(lambda x, s: self._step(x, s, False), jit_compile=jit_compile)
+
+    def _stats(self, name: str, spikes: tf.Tensor, axis: int) -> dict[str, tf.Tensor]:
+        axes = _neuron_axes(spikes, axis)
+        return {
+            f"pos/{name}": tf.reduce_sum(tf.cast(spikes > 0, tf.int32), axes),
+            f"neg/{name}": tf.reduce_sum(tf.cast(spikes < 0, tf.int32), axes),
+        }
+
+    def _sops(self, name: str, inputs: tf.Tensor, axis: int) -> tf.Tensor:
+        events = tf.cast(tf.not_equal(inputs, 0), tf.float32) * self.fanouts[name]
+        return tf.reduce_sum(events, _neuron_axes(events, axis))
+
+    def _layerwise(self, x):
+        values = {}
+        out = {}
+        for layer, inbound in self.graph:
+            if isinstance(layer, keras.layers.InputLayer):
+                values[layer.name] = x
+                continue
+            inputs = [values[name] for name in inbound]
+            arg = inputs if isinstance(layer, spiking.SpikingAdd) else inputs[0]
+            values[layer.name] = layer(arg)
+            if isinstance(layer, spiking.IFNeurons):
+                spikes = values[layer.name]
+                out.update(self._stats(layer.name, spikes, 2))
+                total = tf.reduce_sum(spikes, axis=1) / layer.threshold
+                out[f"count/{layer.name}"] = tf.round(total)
+            if layer.name in self.fanouts:
+                out[f"sops/{layer.name}"] = self._sops(layer.name, arg, 2)
+        out["logits"] = values[self.integrate.name]
+        return out
+
+    def initial_states(self, batch_size: int) -> dict[str, list[tf.Tensor]]:
+        return {
+            layer.name: layer.initial_state(batch_size)
+            for layer, _ in self.graph
+            if isinstance(layer, spiking.SpikingLayer | spiking.IFNeurons)
+        }
+
+    def _step(self, x, states, first: bool):
+        values, new_states, out = {}, {}, {}
+        batch = tf.shape(x)[0]
+        for layer, inbound in self.graph:
+            name = layer.name
+            if isinstance(layer, keras.layers.InputLayer):
+                values[name] = x
+                continue
+            inputs = [values[i] for i in inbound]
+            arg = inputs if isinstance(layer, spiking.SpikingAdd) else inputs[0]
+            if not _is_temporal(layer):  # static: runs once, on the analog input, at step 0
+                values[name] = layer(arg) if first else None
+                new_states[name] = states[name]
+                continue
+            if isinstance(layer, spiking.ToTemporal):
+                if first:
+                    values[name] = arg
+                else:
+                    values[name] = tf.zeros(tf.concat([[batch], layer.input_shape[1:]], 0))
+                new_states[name] = states[name]
+                continue
+            values[name], new_states[name] = layer.step(arg, states[name], 0 if first else 1)
+            if isinstance(layer, spiking.IFNeurons):
+                out.update(self._stats(name, values[name], 1))
+            if name in self.fanouts:
+                out[f"sops/{name}"] = self._sops(name, arg, 1)
+        out["logits"] = values[self.integrate.name]
+        return out, new_states
+
+
+def _program(snn: keras.Model, timesteps: int, jit_compile: bool) -> _Program:
+    cache = snn.__dict__.setdefault("_qffs_programs", {})
+    key = (timesteps, jit_compile)
+    if key not in cache:
+        model = with_timesteps(snn, timesteps)
+        cache[key] = _Program(model, jit_compile)
+    return cache[key]
+
+
+def _quiet_steps(spikes_per_step: np.ndarray, timesteps: int) -> np.ndarray:
+    """Steps after which no spike follows; -1 where the last step still had spikes."""
+    active = spikes_per_step > 0
+    any_active = active.any(axis=1)
+    last = np.where(any_active, timesteps - 1 - np.argmax(active[:, ::-1], axis=1), -1)
+    quiet = np.maximum(last + 1, 1)
+    return np.where(last + 1 < timesteps, quiet, -1).astype(np.int64)
+
+
+def _check_input(snn: keras.Model, x) -> tf.Tensor:
+    x = tf.convert_to_tensor(x, tf.float32)
+    expected = tuple(snn.input_shape[1:])
+    if tuple(x.shape[1:]) != expected:
+        raise QFFSError(
+            f"Input shape {tuple(x.shape)} does not match the SNN's input (batch, "
+            f"{', '.join(map(str, expected))}); pass a batch of images shaped like the "
+            "QAT model's input."
+        )
+    if not bool(tf.reduce_all(tf.math.is_finite(x))):
+        raise QFFSError("The input contains NaN or Inf values; pass finite images.")
+    return x
+
+
+def simulate(
+    snn: keras.Model,
+    x,
+    timesteps: int | None = None,
+    mode: str = "layerwise",
+    early_exit: bool = False,
+    jit_compile: bool = False,
+) -> SimulationResult:
+    """Simulate `snn` on a batch `x` for `timesteps` steps (default: the SNN's own).
+
+    Returns the logits after every step and per-step spike statistics. `early_exit` (stepwise
+    only) stops once every sample is quiet; the logits stay exact. `jit_compile` runs the
+    simulation under XLA.
+    """
+    if mode not in MODES:
+        raise QFFSError(f"mode must be one of {MODES}, got {mode!r}")
+    if early_exit and mode != "stepwise":
+        raise QFFSError("early_exit needs mode='stepwise' (layerwise runs all steps at once)")
+    steps = timesteps_of(snn) if timesteps is None else int(timesteps)
+    if steps < 1:
+        raise QFFSError(f"timesteps must be at least 1, got {timesteps}")
+    x = _check_input(snn, x)
+    program = _program(snn, steps, jit_compile)
+    batch = int(x.shape[0])
+    if mode == "layerwise":
+        out = {key: value.numpy() for key, value in program.layerwise(x).items()}
+        steps_run = steps
+        counts = {layer.name: out[f"count/{layer.name}"] for layer in program.if_layers}
+        logits = out["logits"]
+    else:
+        states = program.initial_states(batch)
+        per_step = []
+        for t in range(steps):
+            fn = program.first_step if t == 0 else program.next_step
+            step_out, states = fn(x, states)
+            per_step.append({key: value.numpy() for key, value in step_out.items()})
+            silent = all(
+                not per_step[-1][f"{sign}/{layer.name}"].any()
+                for layer in program.if_layers
+                for sign in ("pos", "neg")
+            )
+            if early_exit and silent and t + 1 < steps:
+                break
+        steps_run = len(per_step)
+        out = {key: np.stack([entry[key] for entry in per_step], axis=1) for key in per_step[0]}
+        if steps_run < steps:  # quiet: nothing changes any more
+            for key, value in out.items():
+                pad = value[:, -1:] if key == "logits" else np.zeros_like(value[:, -1:])
+                out[key] = np.concatenate([value] + [pad] * (steps - steps_run), axis=1)
+        counts = {
+            layer.name: np.round(states[layer.name][1].numpy()) for layer in program.if_layers
+        }
+        logits = out["logits"]
+    positive = {layer.name: out[f"pos/{layer.name}"] for layer in program.if_layers}
+    negative = {layer.name: out[f"neg/{layer.name}"] for layer in program.if_layers}
+    result = SimulationResult(
+        logits=logits,
+        positive_spikes=positive,
+        negative_spikes=negative,
+        synaptic_ops={layer.name: out[f"sops/{layer.name}"] for layer in program.synapses},
+        counts=counts,
+        neurons={layer.name: int(np.prod(layer.cell.neuron_shape)) for layer in program.if_layers},
+        quiet_step=np.zeros(batch, np.int64),
+        input_macs=program.input_macs,
+        timesteps=steps,
+        steps_run=steps_run,
+    )
+    result.quiet_step = _quiet_steps(result.spikes_per_step(), steps)
+    return result
