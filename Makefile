@@ -12,8 +12,11 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# Train (float, then 2-bit QAT) on the embedded MNIST digits, convert to an SNN, evaluate it.
 quickstart: $(STAMP)
 	$(PY) bin/train --flagfile=configs/quickstart.cfg
+	$(PY) bin/convert --run_dir=runs/quickstart --timesteps=8
+	$(PY) bin/evaluate --run_dir=runs/quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -60,7 +60,10 @@ class VerificationReport:
                 f"{layer.snn_layer:<28}{layer.qann_layer:<28}{layer.neurons:>9}"
                 f"{layer.mismatches:>12}"
             )
-        agreement = " ".join(f"{value:.3f}" for value in self.agreement_per_step)
+        shown = self.agreement_per_step[:16]
+        agreement = " ".join(f"{value:.3f}" for value in shown)
+        if len(self.agreement_per_step) > len(shown):
+            agreement += f" ... ({len(self.agreement_per_step)} steps)"
         lines += [
             f"exact spike counts: {self.exact}   samples: {self.samples}   "
             f"quiet by the last step: {self.quiet_fraction:.3f}",

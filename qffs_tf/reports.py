@@ -1,0 +1,162 @@
+"""Human-readable results: a console table, a markdown report and PNG plots."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from qffs_tf.io_utils import atomic_path, atomic_write_text  # noqa: E402
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def step_table(report: dict) -> str:
+    """Accuracy and agreement per time step, QFFS beside plain IF (markdown table)."""
+    rows = [
+        "| step | SNN acc % | agreement % | plain-IF acc % | plain-IF agreement % |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    plain_acc = report.get("plain_if_snn_accuracy_per_step")
+    plain_agree = report.get("plain_if_agreement_per_step")
+    for step, (acc, agree) in enumerate(
+        zip(report["snn_accuracy_per_step"], report["agreement_per_step"], strict=True), start=1
+    ):
+        rows.append(
+            f"| {step} | {_percent(acc)} | {_percent(agree)} | "
+            f"{_percent(plain_acc[step - 1] if plain_acc else None)} | "
+            f"{_percent(plain_agree[step - 1] if plain_agree else None)} |"
+        )
+    return "\n".join(rows)
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The headline numbers, one per line."""
+    lines = [
+        f"float accuracy:   {_percent(report.get('float_accuracy'))} %",
+        f"QANN accuracy:    {_percent(report.get('qann_accuracy'))} % "
+        f"({report.get('activation_bits', '?')}-bit activations)",
+        f"SNN accuracy:     {_percent(report.get('snn_accuracy'))} % after "
+        f"{report['timesteps']} steps",
+        f"full agreement from step: {report.get('first_full_agreement_step')} (QFFS), "
+        f"{report.get('plain_if_first_full_agreement_step')} (plain IF)",
+        f"mean quiet step:  {report.get('mean_quiet_step')} "
+        f"(quiet within T: {_percent(report.get('quiet_fraction'))} %)",
+        f"spikes per image: {report['spikes_per_image']:.1f} "
+        f"({report.get('negative_spikes_per_image', 0):.1f} negative)",
+        f"synaptic ops / image: {report['synaptic_ops_per_image']:.3g} "
+        f"vs ANN MACs {report['ann_macs_per_image']:.3g}",
+        f"energy / image: SNN {report['snn_energy_uj_per_image']:.3g} uJ, "
+        f"ANN {report['ann_energy_uj_per_image']:.3g} uJ",
+    ]
+    return lines
+
+
+def markdown_report(report: dict) -> str:
+    layers = report["firing_rate_per_layer"]
+    layer_rows = [
+        "| layer | +spikes / image | -spikes / image | firing rate | mismatches |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, rate in layers.items():
+        spikes = report["spikes_per_layer"][name]
+        layer_rows.append(
+            f"| {name} | {spikes['positive']:.1f} | {spikes['negative']:.1f} | {rate:.4f} | "
+            f"{report['count_mismatches_per_layer'][name]} |"
+        )
+    return "\n".join(
+        [
+            "# QFFS evaluation",
+            "",
+            *[f"- {line}" for line in summary_lines(report)],
+            "",
+            "## Accuracy and agreement with the QANN per time step",
+            "",
+            step_table(report),
+            "",
+            "## Spikes per layer",
+            "",
+            "Mismatches: neurons whose final net spike count differs from the QANN's integer "
+            "activation (zero for every sample that became quiet).",
+            "",
+            *layer_rows,
+            "",
+            "![accuracy per step](plots/accuracy_per_step.png)",
+            "![firing rates](plots/firing_rate_per_layer.png)",
+            "",
+        ]
+    )
+
+
+def _save_figure(figure, path: str) -> None:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_accuracy(report: dict, path: str) -> None:
+    """Accuracy and agreement vs time step, QFFS and plain IF, with the QANN as a line."""
+    steps = list(range(1, report["timesteps"] + 1))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key, label, style in (
+        ("snn_accuracy_per_step", "QFFS SNN", "o-"),
+        ("plain_if_snn_accuracy_per_step", "plain IF", "s--"),
+    ):
+        if key in report:
+            axes[0].plot(steps, [100 * v for v in report[key]], style, label=label)
+    axes[0].axhline(100 * report["qann_accuracy"], color="gray", linestyle=":", label="QANN")
+    axes[0].set(xlabel="time step", ylabel="accuracy (%)", title="Accuracy per time step")
+    for key, label, style in (
+        ("agreement_per_step", "QFFS SNN", "o-"),
+        ("plain_if_agreement_per_step", "plain IF", "s--"),
+    ):
+        if key in report:
+            axes[1].plot(steps, [100 * v for v in report[key]], style, label=label)
+    axes[1].set(
+        xlabel="time step", ylabel="top-1 agreement with QANN (%)", title="Agreement with the QANN"
+    )
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        axis.legend()
+        axis.set_xticks(steps)
+    _save_figure(figure, path)
+
+
+def plot_firing_rates(report: dict, path: str) -> None:
+    """Firing rate (spikes per neuron per step) of every neuron layer, positive and negative."""
+    names = list(report["firing_rate_per_layer"])
+    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 3.8))
+    positions = range(len(names))
+    axis.bar(positions, [report["firing_rate_per_layer"][n] for n in names], label="QFFS")
+    if "plain_if_firing_rate_per_layer" in report:
+        axis.plot(
+            positions,
+            [report["plain_if_firing_rate_per_layer"][n] for n in names],
+            "k_",
+            markersize=20,
+            label="plain IF",
+        )
+    axis.set_xticks(list(positions), names, rotation=45, ha="right")
+    axis.set(ylabel="spikes / neuron / step", title="Firing rate per layer")
+    axis.legend()
+    _save_figure(figure, path)
+
+
+def write_reports(report: dict, run_dir: str) -> dict[str, str]:
+    """evaluation.md and the plots in run_dir; returns their paths."""
+    plots = os.path.join(run_dir, "plots")
+    os.makedirs(plots, exist_ok=True)
+    paths = {
+        "markdown": os.path.join(run_dir, "evaluation.md"),
+        "accuracy_plot": os.path.join(plots, "accuracy_per_step.png"),
+        "firing_rate_plot": os.path.join(plots, "firing_rate_per_layer.png"),
+    }
+    plot_accuracy(report, paths["accuracy_plot"])
+    plot_firing_rates(report, paths["firing_rate_plot"])
+    atomic_write_text(paths["markdown"], markdown_report(report))
+    return paths
