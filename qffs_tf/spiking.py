@@ -356,6 +356,19 @@ class IFNeurons(keras.layers.RNN):
         self.pooled_by = pooled_by
         self.temporal = True
 
+    MAX_UNROLLED_STEPS = 16
+
+    def build(self, input_shape):
+        # Short windows run faster unrolled (XLA fuses the whole neuron update across steps).
+        steps = input_shape[1]
+        self.unroll = steps is not None and steps <= self.MAX_UNROLLED_STEPS
+        super().build(input_shape)
+
+    def get_config(self):
+        config = {**super().get_config(), "source": self.source, "pooled_by": self.pooled_by}
+        config.pop("unroll", None)  # decided from the window length when built
+        return config
+
     @property
     def threshold(self) -> float:
         return self.cell.threshold
@@ -365,9 +378,6 @@ class IFNeurons(keras.layers.RNN):
 
     def step(self, inputs, state, t):
         return self.cell.call(inputs, state)
-
-    def get_config(self):
-        return {**super().get_config(), "source": self.source, "pooled_by": self.pooled_by}
 
 
 @keras.utils.register_keras_serializable(package="qffs_tf")
