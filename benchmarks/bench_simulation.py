@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
         for xla in FLAGS.xla:
             jit = xla == "on"
             qann = tf.function(lambda images, m=qat: m(images, training=False), jit_compile=jit)
-            qann_s, qann_mem = _measure(lambda f=qann: f(x).numpy(), FLAGS.repeats)
+            qann_s, qann_mem = _measure(lambda f=qann, x=x: f(x).numpy(), FLAGS.repeats)
             for steps in map(int, FLAGS.timesteps):
                 snn = qffs_tf.convert(qat, steps)
                 row = {
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
                 }
                 if "layerwise" in FLAGS.modes:
                     forward = tf.function(lambda images, m=snn: m(images), jit_compile=jit)
-                    seconds, memory = _measure(lambda f=forward: f(x).numpy(), FLAGS.repeats)
+                    seconds, memory = _measure(lambda f=forward, x=x: f(x).numpy(), FLAGS.repeats)
                     row.update(
                         layerwise_ms=1e3 * seconds,
                         layerwise_peak_mib=memory,
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> None:
                     program = _program(snn, steps, jit)
                     images = tf.constant(x)
 
-                    def stepwise(p=program, n=steps):
+                    def stepwise(p=program, n=steps, images=images):
                         states = p.initial_states(FLAGS.batch_size)
                         out, states = p.first_step(images, states)
                         for _ in range(n - 1):
