@@ -1,0 +1,65 @@
+"""The IF neuron rule on its own: exact counts with negative spikes, occasional noise without."""
+
+import numpy as np
+import pytest
+
+from qffs_tf import spiking
+from qffs_tf._keras import tf
+
+
+def run_cell(charges: np.ndarray, levels: int, noise_suppression: bool, threshold=1.0):
+    """Drive a batch of independent neurons with per-step charges (batch, T); final counts."""
+    cell = spiking.IFCell(threshold, levels, (1,), noise_suppression)
+    membrane, count = cell.get_initial_state(batch_size=charges.shape[0], dtype=tf.float64)
+    spikes = []
+    for t in range(charges.shape[1]):
+        out, (membrane, count) = cell.call(tf.constant(charges[:, t : t + 1]), [membrane, count])
+        spikes.append(out.numpy()[:, 0])
+    return count.numpy()[:, 0], np.stack(spikes, axis=1)
+
+
+def test_hand_traced_neuron():
+    # theta = 1, v0 = 0.5: charges 1.5, -1, -1 -> v 2 (spike), 0, -1 (negative spike), then 0.
+    counts, spikes = run_cell(np.array([[1.5, -1.0, -1.0, 0.0]]), 3, True)
+    np.testing.assert_array_equal(spikes, [[1.0, 0.0, -1.0, 0.0]])
+    assert counts[0] == 0
+    counts, spikes = run_cell(np.array([[1.5, -1.0, -1.0, 0.0]]), 3, False)
+    np.testing.assert_array_equal(spikes, [[1.0, 0.0, 0.0, 0.0]])
+    assert counts[0] == 1  # plain IF keeps the early spike: occasional noise
+
+
+def test_cap_at_levels_and_half_up_rounding():
+    charges = np.zeros((4, 8))
+    charges[:, 0] = [10.0, 2.5, 1.5, 0.5]  # q = clip(floor(S + 1/2), 0, 3) = 3, 3, 2, 1
+    counts, spikes = run_cell(charges, 3, True)
+    np.testing.assert_array_equal(counts, [3, 3, 2, 1])
+    np.testing.assert_array_equal(spikes.sum(axis=1), counts)
+
+
+def random_charges(n: int, seed: int, active_steps: int = 4, total_steps: int = 16):
+    """Random charge in the first steps (multiples of 1/8: exact in binary), then silence."""
+    rng = np.random.default_rng(seed)
+    charges = np.zeros((n, total_steps))
+    charges[:, :active_steps] = np.round(rng.uniform(-1.5, 2.0, (n, active_steps)) * 8) / 8
+    return charges
+
+
+@pytest.mark.parametrize("levels", [1, 3, 7])
+def test_negative_spikes_make_every_random_neuron_exact(levels):
+    charges = random_charges(4000, levels)
+    total = charges.sum(axis=1)
+    expected = np.clip(np.floor(total + 0.5), 0, levels)
+    counts, spikes = run_cell(charges, levels, True)
+    np.testing.assert_array_equal(counts, expected)
+    assert not spikes[:, -1].any()  # quiet by the end
+
+
+def test_plain_if_gets_a_measurable_fraction_wrong():
+    charges = random_charges(4000, 0)
+    expected = np.clip(np.floor(charges.sum(axis=1) + 0.5), 0, 3)
+    counts, _ = run_cell(charges, 3, False)
+    correct = float((counts == expected).mean())
+    # QFFS.md reports ~82 % for its (unspecified) random test; this distribution gives a
+    # comparable figure. Without negative spikes a neuron can only overshoot.
+    assert 0.6 < correct < 0.95
+    assert (counts >= expected).all()
