@@ -12,11 +12,13 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
-# Train (float, then 2-bit QAT) on the embedded MNIST digits, convert to an SNN, evaluate it.
+# Train (float, then 2-bit QAT) on the embedded MNIST digits, convert to an SNN, evaluate it,
+# export both networks to TFLite.
 quickstart: $(STAMP)
 	$(PY) bin/train --flagfile=configs/quickstart.cfg
 	$(PY) bin/convert --run_dir=runs/quickstart --timesteps=8
 	$(PY) bin/evaluate --run_dir=runs/quickstart
+	$(PY) bin/export --run_dir=runs/quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -14,6 +14,14 @@ stages are not redone. With the same seed the resumed run ends with exactly the 
 uninterrupted run: seeds are fixed, ops are deterministic, the data order is a function of
 (seed, epoch), the batches already done in a resumed epoch are skipped, and the dropout
 random-generator states are part of the checkpoint.
+
+Distributed (`strategy`, see qffs_tf.distribute): the model, optimizer and QFFS step sizes are
+created under `strategy.scope()` (mirrored variables); the step sizes are calibrated there,
+up front, so every replica starts with the same values; each input pipeline reads its shard
+through `data.load(..., input_context=ctx)`; BatchNormalization is synchronized across
+replicas (`sync_batch_norm`), so a run matches a one-device run with the same global batch up
+to float rounding. Only the chief writes checkpoints, models, TensorBoard logs and reports.
+`plan(config)` (bin/train --dry_run) checks a configuration and builds its model without data.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from qffs_tf import io_utils
+from qffs_tf import distribute, io_utils
 from qffs_tf._keras import keras, tf
 from qffs_tf.errors import QFFSError
 
@@ -47,11 +55,13 @@ __all__ = [
     "train",
     "validate_config",
     "make_strategy",
+    "plan",
 ]
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "step", "constant")
-STRATEGIES = ("default",)
+STRATEGIES = distribute.STRATEGIES
+make_strategy = distribute.make_strategy
 STAGES = ("float", "qat")
 
 STATE_FILE = "state.json"
@@ -66,6 +76,9 @@ _RESUMABLE_CHANGES = {
     "verbose",
     "stop_after_steps",
     "checkpoint_every_steps",
+    "devices",
+    "tpu",
+    "weights_dump",
 }
 
 
@@ -86,6 +99,7 @@ class TrainConfig:
     data_dir: str | None = None
     model: str = "small_cnn"
     width: float = 1.0
+    dropout: float | None = None  # None: the model's own default (small_cnn 0.25, vgg 0)
     activation_bits: int = 2
     weight_bits: int | None = None
     float_epochs: int = 4
@@ -107,8 +121,12 @@ class TrainConfig:
     train_limit: int | None = None
     test_limit: int | None = None
     strategy: str = "default"
+    devices: str | None = None  # mirrored only: "GPU:0,GPU:1" (default: all local GPUs)
+    tpu: str | None = None  # tpu only: TPU name, grpc://host:8470 or "local"
+    sync_batch_norm: bool = True  # BN statistics over the global batch when replicas > 1
     verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
     stop_after_steps: int = 0  # test hook: raise StopForTest after this many steps (0 = off)
+    weights_dump: str | None = None  # test hook: every worker saves its final QAT weights (.npz)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -128,6 +146,7 @@ def validate_config(config: TrainConfig) -> None:
     _check(c.qat_epochs >= 0, f"qat_epochs must be >= 0, got {c.qat_epochs}.")
     _check(c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}.")
     _check(c.width > 0, f"width must be > 0, got {c.width}.")
+    _check(c.dropout is None or 0 <= c.dropout < 1, f"dropout must be in [0, 1), got {c.dropout}.")
     _check(
         c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}."
     )
@@ -149,16 +168,15 @@ def validate_config(config: TrainConfig) -> None:
         _check(value is None or value >= 1, f"{name} must be >= 1 or unset, got {value}.")
     _check(
         c.strategy in STRATEGIES,
-        f"strategy {c.strategy!r} is not available yet: only 'default' (one device) is "
-        "supported now; distributed strategies come later.",
+        f"strategy must be one of {', '.join(STRATEGIES)}, got {c.strategy!r}.",
     )
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The tf.distribute strategy for `name` (only 'default' for now)."""
-    if name == "default":
-        return tf.distribute.get_strategy()
-    raise TrainConfigError(f"strategy {name!r} is not available yet; use --strategy=default.")
+    _check(
+        c.devices is None or c.strategy == "mirrored",
+        f"devices is for strategy 'mirrored' only, not {c.strategy!r}.",
+    )
+    _check(
+        c.tpu is None or c.strategy == "tpu", f"tpu is for strategy 'tpu' only, not {c.strategy!r}."
+    )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -247,36 +265,57 @@ def _compile(model: keras.Model, optimizer, config: TrainConfig) -> None:
 class _Data:
     """The training and test pipelines of a run (one-hot labels for the smoothed loss)."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, strategy=None):
         from qffs_tf import data
 
         self._data = data
         self.config = config
+        self.strategy = strategy
         self.info = data.info(config.dataset, data_dir=config.data_dir)
         self.steps_per_epoch = _steps_per_epoch(config, self.info.train_size)
+        test_examples = self.info.test_size
+        if config.test_limit is not None:
+            test_examples = min(test_examples, config.test_limit)
+        self.test_steps = max(1, math.ceil(test_examples / config.batch_size))
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy is not None and distribute.is_distributed(self.strategy)
 
     def _one_hot(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         classes = self.info.num_classes
         return dataset.map(lambda x, y: (x, tf.one_hot(y, classes)))
 
-    def train(self, epoch: int, skip_batches: int = 0) -> tf.data.Dataset:
-        """Epoch `epoch`'s batches (a function of seed and epoch), minus the first ones done."""
+    def train(self, epoch: int, skip_batches: int = 0):
+        """Epoch `epoch`'s batches (a function of seed and epoch), minus the first ones done.
+
+        Under a strategy: a distributed dataset; each input pipeline yields per-replica
+        batches, `replicas per pipeline` of them per global step.
+        """
         c = self.config
-        dataset = self._data.load(
-            c.dataset,
-            "train",
-            batch_size=c.batch_size,
-            data_dir=c.data_dir,
-            augment=c.augment,
-            shuffle=True,
-            seed=c.seed,
-            epoch=epoch,
-            take=c.train_limit,
-        )
-        dataset = dataset.take(self.steps_per_epoch)
-        if skip_batches:
-            dataset = dataset.skip(skip_batches)
-        return self._one_hot(dataset)
+
+        def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            dataset = self._data.load(
+                c.dataset,
+                "train",
+                batch_size=c.batch_size,
+                data_dir=c.data_dir,
+                augment=c.augment,
+                shuffle=True,
+                seed=c.seed,
+                epoch=epoch,
+                take=c.train_limit,
+                input_context=context if self.distributed else None,
+            )
+            per_step = distribute.replicas_per_input_pipeline(context)
+            dataset = dataset.take(self.steps_per_epoch * per_step)
+            if skip_batches:
+                dataset = dataset.skip(skip_batches * per_step)
+            return self._one_hot(dataset)
+
+        if not self.distributed:
+            return dataset_fn(tf.distribute.InputContext())
+        return distribute.distributed_dataset(self.strategy, dataset_fn)
 
     def calibration_images(self) -> np.ndarray:
         """The first `calibration_batches` training batches (canonical order, no augmentation)."""
@@ -287,24 +326,45 @@ class _Data:
         images = [x.numpy() for x, _ in dataset.take(c.calibration_batches)]
         return np.concatenate(images)
 
-    def test(self) -> tf.data.Dataset:
+    def test(self, distributed: bool = False):
+        """The test batches; `distributed=True` shards them over the replicas (validation)."""
         c = self.config
-        dataset = self._data.load(
-            c.dataset, "test", batch_size=c.batch_size, data_dir=c.data_dir, take=c.test_limit
-        )
-        return self._one_hot(dataset)
+
+        def dataset_fn(context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+            dataset = self._data.load(
+                c.dataset,
+                "test",
+                batch_size=c.batch_size,
+                data_dir=c.data_dir,
+                take=c.test_limit,
+                input_context=context,
+            )
+            return self._one_hot(dataset)
+
+        if not (distributed and self.distributed):
+            return dataset_fn(None)
+        return distribute.distributed_dataset(self.strategy, dataset_fn)
 
 
 def _build_float_model(config: TrainConfig, info) -> keras.Model:
     from qffs_tf import models
 
-    return models.build(
-        config.model,
-        input_shape=tuple(info.image_shape),
-        num_classes=info.num_classes,
-        width=config.width,
-        weight_decay=config.weight_decay,
-    )
+    extra = {} if config.dropout is None else {"dropout": config.dropout}
+    try:
+        return models.build(
+            config.model,
+            input_shape=tuple(info.image_shape),
+            num_classes=info.num_classes,
+            width=config.width,
+            weight_decay=config.weight_decay,
+            **extra,
+        )
+    except TypeError:
+        if not extra:
+            raise
+        raise TrainConfigError(
+            f"model {config.model!r} has no dropout setting; leave --dropout unset."
+        ) from None
 
 
 def _resolve_init_checkpoint(path: str) -> str:
@@ -412,8 +472,21 @@ def _current_lr(optimizer) -> float:
 class _Stage:
     """A training stage (float or qat): model, optimizer, counters, checkpoint manager."""
 
-    def __init__(self, name, model, optimizer, directory, config, steps_per_epoch, process_steps):
+    def __init__(
+        self,
+        name,
+        model,
+        optimizer,
+        directory,
+        config,
+        steps_per_epoch,
+        process_steps,
+        strategy,
+        generators,
+    ):
         self.name = name
+        self.directory = str(directory)  # the chief's; every worker restores from it
+        self.strategy = strategy
         self.steps_per_epoch = steps_per_epoch
         self.model = model
         self.optimizer = optimizer
@@ -427,19 +500,21 @@ class _Stage:
         self.checkpoint = tf.train.Checkpoint(
             model=model,
             optimizer=optimizer,
-            random_generators=_random_generators(model),
+            random_generators=generators,
             epochs_done=self.epochs_done,
             step_in_epoch=self.step_in_epoch,
             seconds=self.seconds,
             history=self.history,
         )
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
+        self.manager = None
+        if distribute.is_chief(strategy):
+            self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
         self._clock = time.perf_counter()
         self.iterations = 0  # Python mirrors of the counters: no device read per batch
         self.batches_in_epoch = 0
 
     def restore(self) -> bool:
-        latest = self.manager.latest_checkpoint
+        latest = tf.train.latest_checkpoint(self.directory)
         if not latest:
             return False
         self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -453,7 +528,14 @@ class _Stage:
         now = time.perf_counter()
         self.seconds.assign_add(now - self._clock)
         self._clock = now
-        self.manager.save(checkpoint_number=self.iterations)
+        if self.manager is not None:
+            self.manager.save(checkpoint_number=self.iterations)
+            return
+        # A non-chief worker takes part in the save (as tf.distribute requires) into a
+        # temporary folder that is deleted at once.
+        with distribute.worker_write_dir(self.directory, self.strategy) as folder:
+            manager = tf.train.CheckpointManager(self.checkpoint, folder, max_to_keep=1)
+            manager.save(checkpoint_number=self.iterations)
 
 
 def _run_stage(
@@ -473,15 +555,20 @@ def _run_stage(
         optimizer = _make_optimizer(config, _learning_rate(config, lr, total_steps))
         _compile(model, optimizer, config)
         optimizer.build(model.trainable_variables)  # slots exist before a restore
-        stage = _Stage(
-            name,
-            model,
-            optimizer,
-            run_dir / "checkpoints" / name,
-            config,
-            data.steps_per_epoch,
-            process_steps,
-        )
+        generators = _random_generators(model)
+    # The counters are plain local variables, outside the scope: every worker holds the same
+    # values, and a string variable cannot be broadcast by multi-worker collectives.
+    stage = _Stage(
+        name,
+        model,
+        optimizer,
+        run_dir / "checkpoints" / name,
+        config,
+        data.steps_per_epoch,
+        process_steps,
+        strategy,
+        generators,
+    )
     if stage.restore():
         logging.info(
             "%s stage: resuming at epoch %d, batch %d (step %d).",
@@ -491,13 +578,13 @@ def _run_stage(
             int(optimizer.iterations.numpy()),
         )
     callbacks = [_StageCheckpointer(stage)]
-    if _tensorboard_available():
+    if distribute.is_chief(strategy) and _tensorboard_available():
         callbacks.append(
             keras.callbacks.TensorBoard(
                 log_dir=str(run_dir / "tensorboard" / name), write_graph=False, profile_batch=0
             )
         )
-    test = data.test()
+    test = data.test(distributed=True)
     while int(stage.epochs_done.numpy()) < epochs:
         epoch = int(stage.epochs_done.numpy())
         done = int(stage.step_in_epoch.numpy())
@@ -505,7 +592,11 @@ def _run_stage(
             data.train(epoch, skip_batches=done),
             initial_epoch=epoch,
             epochs=epochs,
+            # A distributed dataset has no known length: give it, so that every worker runs
+            # the same number of steps (the collectives of a step need all of them).
+            steps_per_epoch=(data.steps_per_epoch - done) if data.distributed else None,
             validation_data=test,
+            validation_steps=data.test_steps if data.distributed else None,
             callbacks=callbacks,
             verbose=config.verbose,
         )
@@ -521,8 +612,8 @@ def _run_stage(
 # ----------------------------------------------------------------------------- the run
 
 
-def _check_run_dir(config: TrainConfig, run_dir: Path) -> None:
-    """Record the config; refuse to resume a run_dir that was started with other settings."""
+def _check_run_dir(config: TrainConfig, run_dir: Path, chief: bool = True) -> None:
+    """Record the config (chief); refuse to resume a run_dir started with other settings."""
     path = run_dir / CONFIG_FILE
     current = dataclasses.asdict(config)
     previous = io_utils.read_json(path)
@@ -538,7 +629,8 @@ def _check_run_dir(config: TrainConfig, run_dir: Path) -> None:
                 f"run_dir {run_dir} holds a run with other settings ({details}). Use a new "
                 "--run_dir, or delete that folder to start over."
             )
-    io_utils.write_json(path, current)
+    if chief:
+        io_utils.write_json(path, current)
 
 
 def _evaluate(model: keras.Model, data: _Data) -> dict[str, float]:
@@ -554,52 +646,132 @@ def _evaluate(model: keras.Model, data: _Data) -> dict[str, float]:
     return {"accuracy": correct / total, "correct": correct, "total": total}
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run (or resume, or just report) the two-stage training; return report.json's content."""
-    with _reproducible():
-        return _train(config)
+def _save_model(model: keras.Model, path: Path, strategy) -> None:
+    """The chief saves to `path`; another worker saves to a temporary folder (then deleted)."""
+    with distribute.worker_write_dir(path.parent, strategy) as folder:
+        io_utils.save_model(model, Path(folder) / path.name)
 
 
-def _train(config: TrainConfig) -> dict[str, Any]:
+def _prepare_for_strategy(model: keras.Model, config: TrainConfig, strategy) -> None:
+    if config.sync_batch_norm and distribute.num_replicas(strategy) > 1:
+        distribute.synchronize_batch_norm(model)
+
+
+def _dump_weights(model: keras.Model, config: TrainConfig, strategy) -> None:
+    """Test hook: weights of this worker as .npz (`{task}` in the path becomes the task id)."""
+    _, task_id = distribute.task_info(strategy)
+    path = Path(config.weights_dump.replace("{task}", str(task_id or 0)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"w{i:03d}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+    with io_utils.atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def plan(config: TrainConfig) -> dict[str, Any]:
+    """Validate `config` and build its model without reading data; return what a run would do.
+
+    For bin/train --dry_run: a configuration for a data set that is not on this machine can
+    be checked here (data set name, model, input shape, steps, learning rates, strategy).
+    """
     validate_config(config)
-    data = _Data(config)  # an unknown data set fails before anything is written
+    from qffs_tf import data as data_module
+
+    info = data_module.info(config.dataset, data_dir=config.data_dir)
+    model = _build_float_model(config, info)
+    steps = _steps_per_epoch(config, info.train_size)
+    return {
+        "run_dir": config.run_dir,
+        "dataset": info.name,
+        "input_shape": list(info.image_shape),
+        "num_classes": info.num_classes,
+        "train_examples": info.train_size,
+        "model": config.model,
+        "width": config.width,
+        "parameters": int(model.count_params()),
+        "layers": len(model.layers),
+        "activation_bits": config.activation_bits,
+        "weight_bits": config.weight_bits,
+        "global_batch_size": config.batch_size,
+        "steps_per_epoch": steps,
+        "float": {"epochs": config.float_epochs, "steps": steps * config.float_epochs,
+                  "lr": config.lr_float},
+        "qat": {"epochs": config.qat_epochs, "steps": steps * config.qat_epochs,
+                "lr": config.lr_qat},
+        "optimizer": config.optimizer,
+        "lr_schedule": config.lr_schedule,
+        "augment": config.augment,
+        "strategy": config.strategy,
+        "devices": config.devices,
+        "tpu": config.tpu,
+    }  # fmt: skip
+
+
+def train(config: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> dict[str, Any]:
+    """Run (or resume, or just report) the two-stage training; return report.json's content.
+
+    `strategy` defaults to `make_strategy(config.strategy, config.devices, config.tpu)`; pass
+    one built at program start-up (multi-worker needs that). On a non-chief worker the
+    return value is {"chief": False} and nothing is written to run_dir.
+    """
+    validate_config(config)
+    if strategy is None:
+        strategy = make_strategy(config.strategy, devices=config.devices, tpu=config.tpu)
+    distribute.check_global_batch_size(config.batch_size, strategy)
+    with _reproducible():
+        return _train(config, strategy)
+
+
+def _train(config: TrainConfig, strategy) -> dict[str, Any]:
+    data = _Data(config, strategy)  # an unknown data set fails before anything is written
+    chief = distribute.is_chief(strategy)
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run_dir(config, run_dir)
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(config, run_dir, chief)
     state_path = run_dir / STATE_FILE
     state = io_utils.read_json(state_path, default={"stages": {}, "complete": False})
     if state.get("complete"):
         logging.info("Run in %s is complete; nothing to train (delete it to start over).", run_dir)
         return io_utils.read_json(run_dir / "report.json", default={})
 
-    strategy = make_strategy(config.strategy)
     process_steps = [0]
     float_path = run_dir / FLOAT_MODEL
+    trained_float = None
 
     # Stage 1: float pretraining (or just the initial weights when float_epochs == 0).
     if not state["stages"].get("float", {}).get("done"):
         _seed_everything(config.seed)
         with strategy.scope():
             model = _build_float_model(config, data.info)
+        _prepare_for_strategy(model, config, strategy)
         if config.init_checkpoint:
-            _load_float_weights(model, config.init_checkpoint)
+            with strategy.scope():
+                _load_float_weights(model, config.init_checkpoint)
         summary = _run_stage(
             "float", model, config.float_epochs, config.lr_float, config, data, strategy,
             process_steps,
         )  # fmt: skip
-        io_utils.save_model(model, float_path)
+        _save_model(model, float_path, strategy)
+        trained_float = model
         state["stages"]["float"] = {"done": True, **summary}
-        io_utils.write_json(state_path, state)
+        if chief:
+            io_utils.write_json(state_path, state)
 
-    # Stage 2: QAT fine-tuning from the saved float weights (the same path when resuming).
+    # Stage 2: QAT fine-tuning from the float weights (the saved ones when resuming; a
+    # non-chief worker uses its own copy, equal to the chief's, rather than wait for the file).
     _seed_everything(config.seed + 1)
     with strategy.scope():
         float_model = _build_float_model(config, data.info)
-        _load_float_weights(float_model, str(float_path))
+        if trained_float is not None:
+            float_model.set_weights(trained_float.get_weights())
+        else:
+            _load_float_weights(float_model, str(float_path))
     qat_path = run_dir / QAT_MODEL
     if not state["stages"].get("qat", {}).get("done"):
         from qffs_tf.qat import quantize_model
 
+        # Calibrated here, in cross-replica context: the step sizes are mirrored variables
+        # and the assignment reaches every replica (a per-replica lazy init could not).
         with strategy.scope():
             qat_model = quantize_model(
                 float_model,
@@ -607,19 +779,33 @@ def _train(config: TrainConfig) -> dict[str, Any]:
                 weight_bits=config.weight_bits,
                 calibration_data=data.calibration_images(),
             )
+        _prepare_for_strategy(qat_model, config, strategy)
         summary = _run_stage(
             "qat", qat_model, config.qat_epochs, config.lr_qat, config, data, strategy,
             process_steps,
         )  # fmt: skip
-        io_utils.save_model(qat_model, qat_path)
+        _save_model(qat_model, qat_path, strategy)
         state["stages"]["qat"] = {"done": True, **summary}
-        io_utils.write_json(state_path, state)
+        if chief:
+            io_utils.write_json(state_path, state)
     else:
         from qffs_tf.serialization import load_model
 
         qat_model = load_model(qat_path)
 
-    # Evaluation and reports.
+    if config.weights_dump:
+        _dump_weights(qat_model, config, strategy)
+    if not chief:
+        logging.info("Worker done; the chief evaluates and writes the reports.")
+        return {"chief": False}
+
+    # Evaluation and reports: the chief alone, over the whole test split. Under a strategy it
+    # evaluates the saved models, loaded outside the strategy: reading the mirrored models'
+    # BatchNormalization statistics (sync-on-read) would need the other workers.
+    if data.distributed:
+        from qffs_tf.serialization import load_model
+
+        float_model, qat_model = load_model(float_path), load_model(qat_path)
     start = time.perf_counter()
     float_eval = _evaluate(float_model, data)
     qat_eval = _evaluate(qat_model, data)

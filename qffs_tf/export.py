@@ -1,0 +1,607 @@
+"""`export_tflite`: the QANN and the SNN as TFLite (LiteRT) flatbuffers with builtin ops only.
+
+Four kinds of file:
+- "qann_float": the quantized ANN in float32, built from the converter's graph (BatchNorm
+  folded, Dropout gone) with the QFFS quantizer as constant floor/clip/mul ops. Dynamic batch.
+- "qann_int8": full-integer int8 (int8 input and output by default), calibrated on training
+  images. Each QFFS activation becomes a ReLU clipped at L*s on the calibrated int8 grid (an
+  approximation of the b-bit rounding: see `_quantizer_int8`). Kernels come from the IR, i.e.
+  tfmot's fake-quantized int8 kernels when the model was trained with weight_bits=8.
+- "snn_full": the SNN over a fixed window of T steps, unrolled: image in, logits after T out.
+- "snn_step": the SNN as a streaming model with its state in resource variables; signatures
+  `reset` (initial state) and `step` (one time step: logits so far, spikes in that step).
+
+The tfmot QAT model itself is never converted: its quantizer initialises lazily through a
+tf.cond with variable assigns, which is training machinery, not inference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from qffs_tf import spiking
+from qffs_tf._keras import keras, tf
+from qffs_tf.conversion import Node, read_graph, simplify, timesteps_of
+from qffs_tf.errors import ExportError, QFFSError
+from qffs_tf.io_utils import atomic_path
+
+__all__ = ["KINDS", "ExportResult", "export_tflite", "operator_names", "check_builtin_only"]
+
+KINDS = ("qann_float", "qann_int8", "snn_full", "snn_step")
+DEFAULT_TIMESTEPS = 8
+MAX_CALIBRATION_SAMPLES = 512
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What was written: the file, its size, its operators and its interface."""
+
+    kind: str
+    path: str
+    bytes: int
+    operators: list[str]
+    input_dtype: str
+    batch_size: int | None  # None: any batch (resize the input tensor before allocating)
+    timesteps: int | None  # snn_full: steps in the window; None otherwise
+    signatures: list[str]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- QANN from the IR
+
+
+def _is_snn(model: keras.Model) -> bool:
+    return any(isinstance(layer, spiking.ToTemporal) for layer in model.layers)
+
+
+def _quantizer_float(x: tf.Tensor, attrs: dict) -> tf.Tensor:
+    """q = clip(floor(x/s + 1/2), 0, L), a = s*q: the QAT forward pass, with a constant s."""
+    step = np.float32(max(attrs["threshold"], 1e-8))
+    level = tf.clip_by_value(tf.floor(x / step + 0.5), 0.0, float(attrs["levels"]))
+    return level * step
+
+
+def _quantizer_int8(x: tf.Tensor, attrs: dict) -> tf.Tensor:
+    """The int8 file's activation: ReLU clipped at L*s, calibrated to 8 bits.
+
+    The clip range of the QANN is kept, but its b-bit rounding is replaced by the int8 grid of
+    the calibrated tensor (no int8 FLOOR kernel exists, and an 8-bit FakeQuant of step s mixed
+    with calibration was not honoured by the converter), so the int8 file approximates the QANN
+    rather than reproducing it bit for bit; its accuracy is measured, not assumed.
+    """
+    return tf.minimum(tf.nn.relu(x), float(attrs["levels"] * max(attrs["threshold"], 1e-8)))
+
+
+def _linear(x: tf.Tensor, attrs: dict) -> tf.Tensor:
+    kernel = tf.constant(attrs["kernel"])
+    kind = attrs["kind"]
+    if kind == "dense":
+        y = _dense(x, kernel)
+    elif kind == "conv2d":
+        y = tf.nn.conv2d(
+            x,
+            kernel,
+            attrs["strides"],
+            attrs["padding"].upper(),
+            dilations=attrs["dilation_rate"],
+        )
+    else:
+        y = tf.nn.depthwise_conv2d(
+            x,
+            kernel,
+            (1, *attrs["strides"], 1),
+            attrs["padding"].upper(),
+            dilations=attrs["dilation_rate"],
+        )
+    return y + tf.constant(attrs["bias"])
+
+
+def _dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """Dense on the last axis; a plain MatMul (FULLY_CONNECTED) for rank-2 inputs, so that a
+    dynamic batch needs no shape arithmetic in the TFLite graph."""
+    if x.shape.rank == 2:
+        return tf.matmul(x, kernel)
+    return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
+
+
+def _sum(values: list[tf.Tensor]) -> tf.Tensor:
+    """Pairwise ADDs (int8-capable in TFLite, unlike ADD_N)."""
+    return functools.reduce(tf.add, values)
+
+
+def _shape_op(x: tf.Tensor, attrs: dict) -> tf.Tensor:
+    op = attrs["op"]
+    if op == "flatten":
+        return tf.reshape(x, [-1, x.shape[1:].num_elements()])
+    if op == "average_pooling2d":
+        return tf.nn.avg_pool2d(x, attrs["pool_size"], attrs["strides"], attrs["padding"].upper())
+    if op == "global_average_pooling2d":
+        return tf.reduce_mean(x, axis=[1, 2])
+    pad = attrs["pad_width"]
+    return tf.pad(x, [[0, 0], list(pad[0]), list(pad[1]), [0, 0]])
+
+
+def _qann_forward(nodes: list[Node], output: str, x: tf.Tensor, quantizer) -> tf.Tensor:
+    """Evaluate the simplified node list on a batch of images."""
+    values: dict[str, tf.Tensor] = {}
+    for node in nodes:
+        a = node.attrs
+        if node.op == "input":
+            values[node.name] = x
+            continue
+        inputs = [values[name] for name in node.inputs]
+        if node.op == "linear":
+            y = _linear(inputs[0], a)
+        elif node.op == "affine":
+            y = inputs[0] * tf.constant(a["scale"]) + tf.constant(a["offset"])
+        elif node.op == "act":
+            y = quantizer(inputs[0], a)
+        elif node.op == "maxpool":
+            y = tf.nn.max_pool2d(inputs[0], a["pool_size"], a["strides"], a["padding"].upper())
+        elif node.op == "shape":
+            y = _shape_op(inputs[0], a)
+        elif node.op == "add":
+            y = _sum(inputs)
+        else:
+            raise ExportError(f"Node '{node.name}' has op '{node.op}', which export cannot build.")
+        values[node.name] = y
+    return values[output]
+
+
+def _qann_nodes(model: keras.Model) -> tuple[list[Node], str, tuple[int, ...]]:
+    if _is_snn(model):
+        raise ExportError(
+            "The QANN kinds (qann_float, qann_int8) need the QAT model (qat_model.keras), "
+            "not the converted SNN."
+        )
+    nodes, output = read_graph(model)
+    if not any(node.op == "act" for node in nodes):
+        raise ExportError(
+            "The model has no QFFS activation: export a QAT model made by "
+            "qffs_tf.quantize_model (or a model with QuantReLU layers)."
+        )
+    nodes, output = simplify(nodes, output)
+    shape = next(node.attrs["shape"] for node in nodes if node.op == "input")
+    return nodes, output, tuple(int(d) for d in shape)
+
+
+def _qann_function(model: keras.Model, quantizer) -> tuple[Any, tuple[int, ...]]:
+    nodes, output, shape = _qann_nodes(model)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="image")])
+    def qann(image):
+        return {"logits": _qann_forward(nodes, output, image, quantizer)}
+
+    return qann, shape
+
+
+# --------------------------------------------------------------------------- SNN, step by step
+
+
+def _layer_graph(snn: keras.Model) -> list[tuple[keras.layers.Layer, list[str]]]:
+    """(layer, names of its inputs) in topological order."""
+    order = []
+    for entry in snn.get_config()["layers"]:
+        inbound = entry.get("inbound_nodes") or [[]]
+        order.append((snn.get_layer(entry["name"]), [item[0] for item in inbound[0]]))
+    return order
+
+
+def _stateful(layer) -> bool:
+    return isinstance(layer, spiking.IFNeurons | spiking.SpikingMaxPool2D | spiking.Integrate)
+
+
+def _initial_state(graph, batch) -> dict[str, list[tf.Tensor]]:
+    return {layer.name: list(layer.initial_state(batch)) for layer, _ in graph if _stateful(layer)}
+
+
+def _static(layer, x: tf.Tensor) -> tf.Tensor:
+    """A layer that acts on the analog image (before the first neurons), once."""
+    if isinstance(layer, spiking.SpikingLinear) and layer.kind == "dense":
+        return _dense(x, layer.kernel) + layer.bias
+    if isinstance(layer, spiking.SpikingShapeOp):
+        if layer.op == "flatten":  # a constant target shape: no shape arithmetic in TFLite
+            return tf.reshape(x, [-1, x.shape[1:].num_elements()])
+        return layer.apply(x)
+    return layer(x)
+
+
+def _snn_step(graph, x, states, first):
+    """One SNN time step: (logits so far, new states, spikes per sample in this step).
+
+    `first` is a Python bool (unrolled window: values known to be zero are skipped, as None)
+    or a float32 scalar tensor, 1 at step 0 and 0 afterwards (streaming model: the image and
+    the biases are masked, with no control flow).
+    """
+    dynamic = isinstance(first, tf.Tensor)
+    values, new_states = {}, dict(states)
+    spikes = None
+    logits = None
+    for layer, inbound in graph:
+        name = layer.name
+        if isinstance(layer, keras.layers.InputLayer):
+            values[name] = x
+            continue
+        inputs = [values[i] for i in inbound]
+        arg = inputs[0]
+        if isinstance(layer, spiking.ToTemporal):
+            values[name] = arg * first if dynamic else (arg if first else None)
+        elif isinstance(layer, spiking.SpikingAdd):
+            present = [value for value in inputs if value is not None]
+            values[name] = _sum(present) if present else None
+        elif not getattr(layer, "temporal", False):  # static layer: runs on the image only
+            values[name] = _static(layer, arg) if (dynamic or first) else None
+        elif arg is None and not isinstance(layer, spiking.IFNeurons):
+            values[name] = None  # linear ops, max-pool of unchanged counts, unchanged logits
+        elif isinstance(layer, spiking.SpikingLinear):
+            bias = layer.bias * first if dynamic else (layer.bias if first else None)
+            y = _dense(arg, layer.kernel) if layer.kind == "dense" else layer.linear(arg)
+            values[name] = y if bias is None else y + bias
+        elif isinstance(layer, spiking.SpikingAffine):
+            y = arg * layer.scale
+            values[name] = (
+                y + layer.offset * first if dynamic else (y + layer.offset if first else y)
+            )
+        elif isinstance(layer, spiking.IFNeurons):
+            membrane, count = states[name]
+            current = tf.zeros_like(membrane) if arg is None else arg
+            out, new_states[name] = layer.cell.call(current, [membrane, count])
+            fired = tf.reduce_sum(
+                tf.cast(tf.not_equal(out, 0.0), tf.int32),
+                axis=list(range(1, out.shape.rank)),
+            )
+            spikes = fired if spikes is None else spikes + fired
+            values[name] = out
+        elif isinstance(layer, spiking.Integrate | spiking.SpikingMaxPool2D):
+            values[name], new_states[name] = layer.step(arg, states[name], 0)
+        elif isinstance(layer, spiking.SpikingShapeOp):
+            values[name] = _static(layer, arg)
+        else:  # FinalStep
+            values[name], _ = layer.step(arg, [], 0)
+        if isinstance(layer, spiking.Integrate):
+            logits = values[name] if values[name] is not None else states[name][0]
+            values[name] = logits
+    if logits is None:
+        raise ExportError("The SNN has no Integrate layer; export a model made by qffs_tf.convert.")
+    if spikes is None:
+        spikes = tf.zeros(tf.shape(logits)[:1], tf.int32)
+    return logits, new_states, spikes
+
+
+def _snn_input_shape(snn: keras.Model) -> tuple[int, ...]:
+    return tuple(int(d) for d in snn.input_shape[1:])
+
+
+def _snn_full_function(snn: keras.Model, timesteps: int):
+    graph = _layer_graph(snn)
+    shape = _snn_input_shape(snn)
+
+    # Batch-1 constants that broadcast against the first step's inputs: no shape ops in TFLite.
+    initial = {
+        name: [tf.constant(np.asarray(value)) for value in values]
+        for name, values in _initial_state(graph, 1).items()
+    }
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="image")])
+    def snn_full(image):
+        states = dict(initial)
+        logits = None
+        for t in range(timesteps):
+            logits, states, _ = _snn_step(graph, image, states, t == 0)
+        return {"logits": logits}
+
+    return snn_full
+
+
+class _Untracked:
+    """Holds a value out of sight of tf.Module's attribute tracking."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class _StreamingSNN(tf.Module):
+    """The SNN's state in variables, with `reset` and `step` functions to export."""
+
+    def __init__(self, snn: keras.Model, batch_size: int):
+        super().__init__(name="snn_step")
+        self._layers = _Untracked(_layer_graph(snn))  # the weights are tracked, not the layers
+        self.weights = list(snn.weights)
+        self.shape = _snn_input_shape(snn)
+        self.initial = {
+            name: [np.asarray(value) for value in values]
+            for name, values in _initial_state(self._layers.value, batch_size).items()
+        }
+        self.state = {
+            name: [
+                tf.Variable(value, trainable=False, name=f"state_{name}_{i}")
+                for i, value in enumerate(values)
+            ]
+            for name, values in self.initial.items()
+        }
+        self.t = tf.Variable(0, dtype=tf.int32, trainable=False, name="step_counter")
+        image = tf.TensorSpec([batch_size, *self.shape], tf.float32, name="image")
+
+        # The TFLite signature keys are the Python names of these functions.
+        def reset():
+            return self._reset_fn()
+
+        def step(image):
+            return self._step_fn(image)
+
+        self.reset = tf.function(reset, input_signature=[])
+        self.step = tf.function(step, input_signature=[image])
+
+    def _reset_fn(self):
+        for name, variables in self.state.items():
+            for variable, value in zip(variables, self.initial[name], strict=True):
+                variable.assign(tf.constant(value))
+        self.t.assign(0)
+        return {"step": tf.identity(self.t.read_value())}
+
+    def _step_fn(self, image):
+        first = tf.cast(tf.equal(self.t, 0), tf.float32)
+        states = {
+            name: [v.read_value() for v in variables] for name, variables in self.state.items()
+        }
+        logits, new_states, spikes = _snn_step(self._layers.value, image, states, first)
+        for name, variables in self.state.items():
+            for variable, value in zip(variables, new_states[name], strict=True):
+                variable.assign(value)
+        step = self.t.assign_add(1)
+        return {"logits": tf.identity(logits), "spikes": spikes, "step": tf.identity(step)}
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+_LIKELY_CAUSE = {
+    "qann_float": "an operation of the model that has no builtin TFLite kernel",
+    "qann_int8": "an operation without an int8 TFLite kernel, or calibration images that do "
+    "not match the model's input",
+    "snn_full": "an operation of the SNN that has no builtin TFLite kernel",
+    "snn_step": "the resource variables of the streaming state (needs a fixed batch size) or "
+    "an operation without a builtin TFLite kernel",
+}
+
+
+@contextlib.contextmanager
+def _converter_errors(kind: str) -> Iterator[None]:
+    try:
+        yield
+    except QFFSError:
+        raise
+    except Exception as e:  # the converter raises ConverterError, ValueError, RuntimeError...
+        detail = " ".join(str(e).split())
+        if len(detail) > 600:
+            detail = detail[:600] + " ..."
+        raise ExportError(
+            f"TFLite conversion of kind '{kind}' failed; likely cause: {_LIKELY_CAUSE[kind]}. "
+            f"Converter message: {type(e).__name__}: {detail}"
+        ) from e
+
+
+def operator_names(tflite_model: bytes) -> list[str]:
+    """Names of the operators a flatbuffer uses (custom ops as 'CUSTOM:<name>'), sorted."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items() if key.isupper()}
+    model = schema.Model.GetRootAs(tflite_model, 0)
+    used = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            used.add(f"CUSTOM:{(code.CustomCode() or b'').decode()}")
+        else:
+            used.add(names.get(builtin, str(builtin)))
+    return sorted(used)
+
+
+def check_builtin_only(tflite_model: bytes, kind: str) -> list[str]:
+    """The operator names; ExportError if any is a custom or Flex (SELECT_TF_OPS) op."""
+    ops = operator_names(tflite_model)
+    custom = [op for op in ops if op.startswith("CUSTOM:")]
+    if custom:
+        raise ExportError(
+            f"The '{kind}' TFLite model needs non-builtin operators {custom}; only builtin "
+            "TFLite ops are allowed (no Flex / SELECT_TF_OPS)."
+        )
+    return ops
+
+
+def _calibration_batches(data, shape: tuple[int, ...], samples: int) -> Callable[[], Iterator]:
+    if data is None:
+        raise ExportError(
+            "kind 'qann_int8' needs representative_data: a numpy array of training images "
+            f"shaped (N, {', '.join(map(str, shape))}) for post-training calibration."
+        )
+    images = np.asarray(data, np.float32)
+    if images.ndim != len(shape) + 1 or tuple(images.shape[1:]) != shape or len(images) == 0:
+        raise ExportError(
+            f"representative_data has shape {images.shape}; qann_int8 calibration needs "
+            f"training images shaped (N, {', '.join(map(str, shape))}) with N >= 1."
+        )
+    if not np.all(np.isfinite(images)):
+        raise ExportError("representative_data contains NaN or Inf values; pass finite images.")
+    images = images[: max(1, int(samples))]
+
+    def batches():
+        for image in images:
+            yield [image[None]]
+
+    return batches
+
+
+def _convert(kind: str, functions: list, trackable=None, configure=None) -> bytes:
+    if trackable is None:  # the non-deprecated path wants an object that owns the functions
+        trackable = tf.Module()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(functions, trackable)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.allow_custom_ops = False
+    if configure is not None:
+        configure(converter)
+    return converter.convert()
+
+
+def _quiet_converter():
+    """Keep TF's and absl's conversion chatter (deprecation notes, INFO lines) off the console."""
+    import logging
+
+    class _Restore(contextlib.AbstractContextManager):
+        def __enter__(self):
+            self.loggers = [logging.getLogger("tensorflow"), logging.getLogger("absl")]
+            self.levels = [logger.level for logger in self.loggers]
+            for logger in self.loggers:
+                logger.setLevel(logging.ERROR)
+            return self
+
+        def __exit__(self, *exc):
+            for logger, level in zip(self.loggers, self.levels, strict=True):
+                logger.setLevel(level)
+            return False
+
+    return _Restore()
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ExportError(f"kind must be one of {KINDS}, got {kind!r}.")
+
+
+def _check_model(model, kind: str) -> None:
+    from qffs_tf._keras import check_tf_keras_model
+
+    try:
+        check_tf_keras_model(model, "model to export")
+    except QFFSError as e:
+        raise ExportError(f"Cannot export kind '{kind}': {e}") from e
+
+
+def _snn_for(model: keras.Model, timesteps: int | None) -> keras.Model:
+    if _is_snn(model):
+        return model
+    from qffs_tf.conversion import convert
+
+    return convert(model, timesteps=timesteps or DEFAULT_TIMESTEPS)
+
+
+def _batch_option(batch_size: int | None, default: int | None) -> int | None:
+    if batch_size is None:
+        return default
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise ExportError(f"batch_size must be a whole number >= 1 or None, got {batch_size!r}.")
+    return int(batch_size)
+
+
+def _fixed_batch(function, shape: tuple[int, ...], batch_size: int | None):
+    """The concrete function, at a fixed batch size when one is asked for."""
+    if batch_size is None:
+        return function.get_concrete_function()
+    return function.get_concrete_function(
+        tf.TensorSpec([batch_size, *shape], tf.float32, name="image")
+    )
+
+
+def export_tflite(
+    model: keras.Model,
+    path: str | os.PathLike,
+    kind: str = "qann_float",
+    *,
+    timesteps: int | None = None,
+    batch_size: int | None = None,
+    representative_data: np.ndarray | None = None,
+    calibration_samples: int = 256,
+    int8_io: bool = True,
+) -> ExportResult:
+    """Export a QAT model (QANN kinds) or an SNN (SNN kinds) to a builtin-ops-only .tflite file.
+
+    - kind="qann_float" / "qann_int8": `model` is the QAT model. int8 needs
+      `representative_data` (training images; the first `calibration_samples` are used) and
+      has int8 input/output tensors unless `int8_io=False` (float in/out, int8 inside).
+    - kind="snn_full": `model` is an SNN from `qffs_tf.convert` (or a QAT model, converted
+      here); runs `timesteps` steps (default: the SNN's own) and returns the final logits.
+    - kind="snn_step": streaming model with signatures `reset` and `step`.
+    `batch_size` fixes the batch dimension (default: dynamic for all kinds except snn_step,
+    which holds its state in variables and defaults to 1). The file is written atomically;
+    on any failure `path` is left untouched and ExportError says why.
+    """
+    _check_kind(kind)
+    _check_model(model, kind)
+    started = time.perf_counter()
+    if timesteps is not None and (
+        isinstance(timesteps, bool) or int(timesteps) != timesteps or timesteps < 1
+    ):
+        raise ExportError(f"timesteps must be a whole number >= 1, got {timesteps!r}.")
+    batch = _batch_option(batch_size, 1 if kind == "snn_step" else None)
+    steps = None
+    signatures = ["serving_default"]
+    try:
+        with _converter_errors(kind):
+            if kind == "qann_float":
+                function, shape = _qann_function(model, _quantizer_float)
+                content = _convert(kind, [_fixed_batch(function, shape, batch)])
+            elif kind == "qann_int8":
+                function, shape = _qann_function(model, _quantizer_int8)
+                batches = _calibration_batches(representative_data, shape, calibration_samples)
+
+                def int8(converter):
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                    converter.representative_dataset = batches
+                    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+                    io_type = tf.int8 if int8_io else tf.float32
+                    converter.inference_input_type = io_type
+                    converter.inference_output_type = io_type
+
+                with _quiet_converter():
+                    content = _convert(kind, [_fixed_batch(function, shape, batch)], None, int8)
+            elif kind == "snn_full":
+                snn = _snn_for(model, timesteps)
+                steps = int(timesteps or timesteps_of(snn))
+                function = _snn_full_function(snn, steps)
+                shape = _snn_input_shape(snn)
+                owner = tf.Module()
+                owner.weights = list(snn.weights)  # not the Keras model: saving would trace it
+                content = _convert(kind, [_fixed_batch(function, shape, batch)], owner)
+            else:
+                snn = _snn_for(model, timesteps)
+                module = _StreamingSNN(snn, batch)
+                functions = [
+                    module.reset.get_concrete_function(),
+                    module.step.get_concrete_function(),
+                ]
+
+                def resources(converter):
+                    converter.experimental_enable_resource_variables = True
+
+                content = _convert(kind, functions, module, resources)
+                signatures = ["reset", "step"]
+    except QFFSError as e:
+        if isinstance(e, ExportError):
+            raise
+        raise ExportError(f"Cannot export kind '{kind}': {e}") from e
+    operators = check_builtin_only(content, kind)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(content)
+    return ExportResult(
+        kind=kind,
+        path=str(path),
+        bytes=len(content),
+        operators=operators,
+        input_dtype="int8" if kind == "qann_int8" and int8_io else "float32",
+        batch_size=batch,
+        timesteps=steps,
+        signatures=signatures,
+        seconds=time.perf_counter() - started,
+    )

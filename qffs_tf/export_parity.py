@@ -1,0 +1,151 @@
+"""Export all four TFLite kinds of a run and check each file against its Keras reference.
+
+- qann_float vs the QAT model's logits; snn_full vs `snn.predict`: max abs error relative to
+  the logit scale (max |reference logit|) within FLOAT_TOLERANCE, and the same top-1.
+- snn_step, stepped T times: its final logits vs the snn_full file and its per-step logits vs
+  `qffs_tf.simulate(...).logits` (same tolerance).
+- qann_int8: an approximation (see export._quantizer_int8), so it reports its accuracy next to
+  the float QANN's and its top-1 agreement with it; no exactness is claimed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qffs_tf import export_runtime
+from qffs_tf._keras import keras
+from qffs_tf.conversion import timesteps_of, with_timesteps
+from qffs_tf.export import KINDS, ExportResult, export_tflite
+
+__all__ = ["FLOAT_TOLERANCE", "export_all", "check_parity", "format_table"]
+
+# Float files: max |tflite - keras| <= FLOAT_TOLERANCE * max |keras logit|. Float32 re-ordered
+# accumulations give ~1e-7 relative; the margin absorbs deeper models.
+FLOAT_TOLERANCE = 1e-4
+
+
+def export_all(
+    qat_model: keras.Model,
+    snn: keras.Model,
+    out_dir: str | os.PathLike,
+    calibration_images: np.ndarray,
+    kinds: tuple[str, ...] = KINDS,
+    step_batch_size: int = 1,
+    int8_io: bool = True,
+) -> dict[str, ExportResult]:
+    """Write `<out_dir>/<kind>.tflite` for each kind; the SNN kinds use the SNN's own T."""
+    results = {}
+    for kind in kinds:
+        path = Path(out_dir) / f"{kind}.tflite"
+        if kind.startswith("qann"):
+            results[kind] = export_tflite(
+                qat_model,
+                path,
+                kind,
+                representative_data=calibration_images,
+                int8_io=int8_io,
+            )
+        else:
+            results[kind] = export_tflite(
+                snn, path, kind, batch_size=step_batch_size if kind == "snn_step" else None
+            )
+    return results
+
+
+def _compare(tflite: np.ndarray, reference: np.ndarray, labels=None) -> dict[str, Any]:
+    scale = float(np.abs(reference).max()) or 1.0
+    error = float(np.abs(tflite - reference).max())
+    agreement = float(np.mean(tflite.argmax(-1) == reference.argmax(-1)))
+    out = {
+        "max_abs_error": error,
+        "logit_scale": scale,
+        "relative_error": error / scale,
+        "top1_agreement": agreement,
+        "tolerance": FLOAT_TOLERANCE,
+        "passed": bool(error <= FLOAT_TOLERANCE * scale and agreement == 1.0),
+    }
+    if labels is not None:
+        out["accuracy"] = float(np.mean(tflite.argmax(-1) == labels))
+        out["reference_accuracy"] = float(np.mean(reference.argmax(-1) == labels))
+    return out
+
+
+def check_parity(
+    files: dict[str, ExportResult],
+    qat_model: keras.Model,
+    snn: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every exported file with the LiteRT interpreter and compare it (see module doc)."""
+    from qffs_tf.simulation import simulate
+
+    results: dict[str, dict[str, Any]] = {}
+    images = np.asarray(images, np.float32)
+    samples = len(images)
+    qann = None
+    if any(kind.startswith("qann") for kind in files):
+        qann = qat_model.predict(images, verbose=0, batch_size=256)
+    timesteps = files["snn_full"].timesteps if "snn_full" in files else timesteps_of(snn)
+    full_logits = None
+    for kind, exported in files.items():
+        started = time.perf_counter()
+        if kind == "qann_float":
+            out = _compare(export_runtime.predict(exported.path, images), qann, labels)
+        elif kind == "qann_int8":
+            out = _compare(export_runtime.predict(exported.path, images), qann, labels)
+            out["passed"] = None  # an approximation: accuracy is reported, not exactness
+            out["note"] = "int8 approximation of the QANN; compare accuracy with reference"
+        elif kind == "snn_full":
+            model = with_timesteps(snn, timesteps)
+            full_logits = export_runtime.predict(exported.path, images)
+            out = _compare(full_logits, model.predict(images, verbose=0, batch_size=256), labels)
+            out["timesteps"] = timesteps
+        else:
+            per_step, _ = export_runtime.stream(exported.path, images, timesteps)
+            reference = simulate(snn, images, timesteps=timesteps).logits
+            out = _compare(per_step, reference, labels=None)
+            out["timesteps"] = timesteps
+            if labels is not None:
+                out["accuracy"] = float(np.mean(per_step[:, -1].argmax(-1) == labels))
+            if full_logits is not None:
+                versus_full = _compare(per_step[:, -1], full_logits)
+                out["max_abs_error_vs_snn_full"] = versus_full["max_abs_error"]
+                out["top1_agreement_vs_snn_full"] = versus_full["top1_agreement"]
+                out["passed"] = out["passed"] and versus_full["passed"]
+        out["samples"] = samples
+        out["seconds"] = time.perf_counter() - started
+        results[kind] = out
+    return results
+
+
+def format_table(files: dict[str, ExportResult], parity: dict[str, dict[str, Any]]) -> str:
+    """A small plain-text table: kind, size, max abs error, top-1 agreement, accuracy, verdict."""
+    rows = [("kind", "KiB", "max |err|", "rel err", "top-1 agree", "accuracy", "ref acc", "ok")]
+    for kind, exported in files.items():
+        p = parity.get(kind, {})
+
+        def fmt(key, spec, p=p):
+            return format(p[key], spec) if p.get(key) is not None else "-"
+
+        verdict = {True: "yes", False: "NO", None: "approx"}[p.get("passed")]
+        rows.append(
+            (
+                kind,
+                f"{exported.bytes / 1024:.1f}",
+                fmt("max_abs_error", ".2e"),
+                fmt("relative_error", ".1e"),
+                fmt("top1_agreement", ".4f"),
+                fmt("accuracy", ".4f"),
+                fmt("reference_accuracy", ".4f"),
+                verdict,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""Every configs/*.cfg parses with bin/train's flags, and its --dry_run builds the model and
+prints the plan without data (the CIFAR / ImageNet sets are not on this machine)."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "bin", "train")
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg")))
+PAPER_CONFIGS = {
+    "cifar10_vgg16.cfg": ("cifar10", "vgg16", "[32, 32, 3]", "10"),
+    "cifar10_resnet18.cfg": ("cifar10", "resnet18", "[32, 32, 3]", "10"),
+    "cifar100_vgg16.cfg": ("cifar100", "vgg16", "[32, 32, 3]", "100"),
+    "imagenet_resnet34.cfg": ("imagenet2012", "resnet34", "[224, 224, 3]", "1000"),
+    "imagenet_vgg16.cfg": ("imagenet2012", "vgg16", "[224, 224, 3]", "1000"),
+}
+
+
+def plan_lines(stdout: str) -> dict[str, str]:
+    rows = [line.split(None, 1) for line in stdout.splitlines()[1:] if line.startswith("  ")]
+    return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory):
+    """All dry runs at once (two at a time would be no faster than this on 2 cores)."""
+    out = tmp_path_factory.mktemp("dry")
+    processes = {}
+    for path in CONFIGS:
+        run_dir = out / os.path.basename(path)
+        processes[os.path.basename(path)] = (
+            subprocess.Popen(
+                [sys.executable, TRAIN, f"--flagfile={path}", "--dry_run", f"--run_dir={run_dir}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+            run_dir,
+        )
+    results = {}
+    for name, (process, run_dir) in processes.items():
+        stdout, stderr = process.communicate(timeout=180)
+        results[name] = (process.returncode, stdout, stderr, run_dir)
+    return results
+
+
+def test_the_paper_configs_exist():
+    names = {os.path.basename(path) for path in CONFIGS}
+    assert set(PAPER_CONFIGS) <= names
+
+
+@pytest.mark.parametrize("name", [os.path.basename(path) for path in CONFIGS])
+def test_dry_run_of_every_config(dry_runs, name):
+    code, stdout, stderr, run_dir = dry_runs[name]
+    assert code == 0, stderr[-2000:]
+    assert stdout.startswith("dry run: flags valid, model built, no data read")
+    plan = plan_lines(stdout)
+    assert int(plan["parameters"]) > 0 and int(plan["steps_per_epoch"]) >= 1
+    assert not run_dir.exists()  # a dry run writes nothing
+    if name in PAPER_CONFIGS:
+        dataset, model, shape, classes = PAPER_CONFIGS[name]
+        assert (plan["dataset"], plan["model"]) == (dataset, model)
+        assert (plan["input_shape"], plan["num_classes"]) == (shape, classes)
+        assert plan["activation_bits"] == "2"
+        assert plan["strategy"] == "mirrored"
+
+
+def test_dry_run_reports_a_bad_config_in_one_line(tmp_path):
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("--dataset=cifar10\n--model=resnet18\n--dropout=0.5\n")
+    result = subprocess.run(
+        [sys.executable, TRAIN, f"--flagfile={bad}", "--dry_run", f"--run_dir={tmp_path / 'r'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "train: error: model 'resnet18' has no dropout setting; leave --dropout unset."
+    )

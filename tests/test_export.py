@@ -1,0 +1,244 @@
+"""TFLite export: every kind on every layer kind, float parity, streaming = full window,
+reset, builtin ops only, clear errors, atomic files, and bin/export end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from snn_fixtures import every_layer_model, flatten_model, images
+
+import qffs_tf
+from qffs_tf import export, export_runtime
+from qffs_tf._keras import keras, tf
+from qffs_tf.errors import ExportError
+from qffs_tf.io_utils import save_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMESTEPS = 5
+TOLERANCE = 1e-5  # relative to the logit scale; float32 reordering gives ~1e-7
+
+
+def _close(actual, expected):
+    scale = max(float(np.abs(expected).max()), 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=TOLERANCE * scale)
+
+
+@pytest.fixture(scope="module", params=[every_layer_model, flatten_model], ids=["every", "flat"])
+def exported(request, tmp_path_factory):
+    model = request.param(3)
+    x = images(24, model.input_shape[1:], seed=3)
+    qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=x)
+    snn = qffs_tf.convert(qat, timesteps=TIMESTEPS)
+    folder = tmp_path_factory.mktemp(request.param.__name__)
+    files = {}
+    for kind in export.KINDS:
+        source = qat if kind.startswith("qann") else snn
+        files[kind] = export.export_tflite(
+            source, folder / f"{kind}.tflite", kind, representative_data=x, batch_size=None
+        )
+    return qat, snn, x, files
+
+
+def test_every_kind_uses_builtin_ops_only(exported):
+    *_, files = exported
+    for result in files.values():
+        with open(result.path, "rb") as f:
+            content = f.read()
+        assert result.bytes == len(content) > 0
+        ops = export.operator_names(content)
+        assert ops == result.operators
+        assert not [op for op in ops if op.startswith("CUSTOM") or "FLEX" in op.upper()], ops
+    assert "FLOOR" in files["qann_float"].operators  # the quantizer is really in the graph
+    assert "VAR_HANDLE" in files["snn_step"].operators
+    assert files["snn_step"].signatures == ["reset", "step"]
+
+
+def test_qann_float_equals_the_qat_model(exported):
+    qat, _, x, files = exported
+    logits = export_runtime.predict(files["qann_float"].path, x)
+    reference = qat.predict(x, verbose=0)
+    _close(logits, reference)
+    np.testing.assert_array_equal(logits.argmax(1), reference.argmax(1))
+
+
+def test_snn_full_equals_snn_predict(exported):
+    _, snn, x, files = exported
+    assert files["snn_full"].timesteps == TIMESTEPS
+    _close(export_runtime.predict(files["snn_full"].path, x), snn.predict(x, verbose=0))
+
+
+def test_streaming_steps_equal_simulate_and_the_full_window(exported):
+    _, snn, x, files = exported
+    per_step, spikes = export_runtime.stream(files["snn_step"].path, x, TIMESTEPS)
+    simulation = qffs_tf.simulate(snn, x)
+    _close(per_step, simulation.logits)
+    np.testing.assert_array_equal(spikes, simulation.spikes_per_step())
+    _close(per_step[:, -1], export_runtime.predict(files["snn_full"].path, x))
+
+
+def test_reset_restores_the_initial_state_exactly(exported):
+    *_, x, files = exported
+    runtime = export_runtime.interpreter(files["snn_step"].path)
+    step, reset = runtime.get_signature_runner("step"), runtime.get_signature_runner("reset")
+    first = [step(image=x[:1])["logits"] for _ in range(3)]  # fresh interpreter: no reset
+    assert int(reset()["step"]) == 0
+    second = [step(image=x[:1]) for _ in range(3)]
+    np.testing.assert_array_equal(np.stack(first), np.stack([out["logits"] for out in second]))
+    assert [int(out["step"]) for out in second] == [1, 2, 3]
+    reset()
+    other = step(image=x[1:2])["logits"]  # step 0 really uses the new image
+    np.testing.assert_array_equal(
+        other, export_runtime.stream(files["snn_step"].path, x[1:2], 1)[0][:, 0]
+    )
+
+
+def test_step_model_ignores_the_image_after_step_zero(exported):
+    *_, x, files = exported
+    runtime = export_runtime.interpreter(files["snn_step"].path)
+    step = runtime.get_signature_runner("step")
+    with_image = [step(image=x[:1])["logits"] for _ in range(3)]
+    runtime.get_signature_runner("reset")()
+    zeros = np.zeros_like(x[:1])
+    without = [step(image=x[:1] if t == 0 else zeros)["logits"] for t in range(3)]
+    np.testing.assert_array_equal(np.stack(with_image), np.stack(without))
+
+
+def separated_case():
+    """Class k = bright quadrant k of a 4x4 image; a hand-set net that reads the quadrants."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 200)
+    x = rng.uniform(0.0, 0.2, (200, 4, 4, 1)).astype(np.float32)
+    for i, label in enumerate(labels):
+        r, c = divmod(int(label), 2)
+        x[i, 2 * r : 2 * r + 2, 2 * c : 2 * c + 2] = rng.uniform(0.6, 1.0, (2, 2, 1))
+    kernel = np.zeros((16, 4), np.float32)
+    for k in range(4):
+        r, c = divmod(k, 2)
+        for dr in range(2):
+            for dc in range(2):
+                kernel[(2 * r + dr) * 4 + 2 * c + dc, k] = 0.25
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="relu", name="d1"),
+            keras.layers.Dense(4, name="logits"),
+        ]
+    )
+    model.get_layer("d1").set_weights([kernel, np.zeros(4)])
+    model.get_layer("logits").set_weights([4 * np.eye(4), np.zeros(4)])
+    qat = qffs_tf.quantize_model(model, activation_bits=3, calibration_data=x)
+    return qat, x, labels
+
+
+@pytest.mark.parametrize("int8_io", [True, False])
+def test_int8_file_is_integer_and_classifies_a_separated_case(tmp_path, int8_io):
+    qat, x, labels = separated_case()
+    assert np.mean(qat.predict(x, verbose=0).argmax(1) == labels) == 1.0
+    path = tmp_path / "q.tflite"
+    result = export.export_tflite(
+        qat, path, "qann_int8", representative_data=x[:100], int8_io=int8_io
+    )
+    runtime = export_runtime.interpreter(path)
+    expected = np.int8 if int8_io else np.float32
+    assert runtime.get_input_details()[0]["dtype"] == expected
+    assert runtime.get_output_details()[0]["dtype"] == expected
+    assert result.input_dtype == ("int8" if int8_io else "float32")
+    assert "FLOOR" not in result.operators
+    fc = [t for t in runtime.get_tensor_details() if t["dtype"] == np.float32]
+    assert len(fc) == (0 if int8_io else 2)  # only the float I/O tensors, no float internals
+    logits = export_runtime.predict(path, x[100:])
+    assert np.mean(logits.argmax(1) == labels[100:]) >= 0.95
+
+
+def test_int8_needs_calibration_images_of_the_right_shape(tmp_path):
+    qat, x, _ = separated_case()
+    with pytest.raises(ExportError, match="representative_data"):
+        export.export_tflite(qat, tmp_path / "a.tflite", "qann_int8")
+    with pytest.raises(ExportError, match=r"shaped \(N, 4, 4, 1\)"):
+        export.export_tflite(qat, tmp_path / "a.tflite", "qann_int8", representative_data=x[:, 0])
+    assert not os.listdir(tmp_path)
+
+
+def test_models_that_cannot_be_exported_raise_a_clear_error(tmp_path):
+    path = tmp_path / "m.tflite"
+    with pytest.raises(ExportError, match="not a tf_keras Model"):
+        export.export_tflite("model.keras", path, "qann_float")
+    plain = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(2)]
+    )
+    with pytest.raises(ExportError, match="quantize_model"):
+        export.export_tflite(plain, path, "qann_float")
+    with pytest.raises(ExportError, match="quantize_model"):
+        export.export_tflite(plain, path, "snn_full")
+    with pytest.raises(ExportError, match="kind must be one of"):
+        export.export_tflite(plain, path, "onnx")
+    qat, x, _ = separated_case()
+    snn = qffs_tf.convert(qat, timesteps=2)
+    with pytest.raises(ExportError, match="need the QAT model"):
+        export.export_tflite(snn, path, "qann_float")
+    with pytest.raises(ExportError, match="batch_size"):
+        export.export_tflite(snn, path, "snn_step", batch_size=0)
+    assert not os.listdir(tmp_path)
+
+
+def test_a_failed_conversion_names_the_kind_and_leaves_the_old_file(tmp_path, monkeypatch):
+    qat, x, _ = separated_case()
+    path = tmp_path / "q.tflite"
+    path.write_bytes(b"old")
+
+    def broken(self):
+        raise RuntimeError("op 'Foo' is neither a custom op nor a flex op")
+
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "convert", broken)
+    with pytest.raises(ExportError, match=r"kind 'qann_float' failed; likely cause.*'Foo'"):
+        export.export_tflite(qat, path, "qann_float")
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["q.tflite"]
+
+
+def test_qat_model_is_converted_for_the_snn_kinds(tmp_path):
+    qat, x, _ = separated_case()
+    result = export.export_tflite(qat, tmp_path / "s.tflite", "snn_full", timesteps=3)
+    assert result.timesteps == 3
+    snn = qffs_tf.convert(qat, timesteps=3)
+    _close(export_runtime.predict(result.path, x[:20]), snn.predict(x[:20], verbose=0))
+
+
+def test_bin_export_end_to_end(tmp_path):
+    inp = keras.Input((28, 28, 1))
+    y = keras.layers.Conv2D(3, 3, strides=2, name="c1")(inp)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    y = keras.layers.ReLU(name="r1")(y)
+    y = keras.layers.MaxPooling2D(name="pool")(y)
+    y = keras.layers.Flatten()(y)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(y))
+    calibration = images(16, (28, 28, 1))
+    qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=calibration)
+    save_model(qat, tmp_path / "qat_model.keras")
+    (tmp_path / "report.json").write_text(json.dumps({"dataset": "mnist5k", "kept": 1}))
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "bin", "export"),
+        f"--run_dir={tmp_path}",
+        "--timesteps=3",
+        "--parity_samples=16",
+        "--calibration_samples=16",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["kept"] == 1
+    assert set(report["tflite_parity"]) == set(export.KINDS)
+    assert set(report["tflite_files"]) == set(export.KINDS)
+    for kind in export.KINDS:
+        entry = report["tflite_files"][kind]
+        assert (tmp_path / entry["path"]).stat().st_size == entry["bytes"]
+        assert report["tflite_parity"][kind]["samples"] == 16
+    for kind in ("qann_float", "snn_full", "snn_step"):
+        assert report["tflite_parity"][kind]["passed"] is True
+    assert report["tflite_parity"]["snn_full"]["timesteps"] == 3
+    assert "qann_float" in done.stdout and "top-1" in done.stdout
