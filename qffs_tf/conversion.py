@@ -169,35 +169,16 @@ def _layer_nodes(layer, inputs: list[str]) -> list[Node]:
         return [_linear_node(layer, name, inputs)]
     if type(layer) is keras.layers.BatchNormalization:
         return [_batchnorm_node(layer, inputs)]
-    if type(layer) is keras.layers.MaxPooling2D:
+    if type(layer) in (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D):
         _check_channels_last(layer)
-        return [
-            Node(
-                name,
-                "maxpool",
-                inputs,
-                {
-                    "pool_size": _pair(layer.pool_size),
-                    "strides": _pair(layer.strides),
-                    "padding": layer.padding,
-                },
-            )
-        ]
-    if type(layer) is keras.layers.AveragePooling2D:
-        _check_channels_last(layer)
-        return [
-            Node(
-                name,
-                "shape",
-                inputs,
-                {
-                    "op": "average_pooling2d",
-                    "pool_size": _pair(layer.pool_size),
-                    "strides": _pair(layer.strides),
-                    "padding": layer.padding,
-                },
-            )
-        ]
+        window = {
+            "pool_size": _pair(layer.pool_size),
+            "strides": _pair(layer.strides),
+            "padding": layer.padding,
+        }
+        if type(layer) is keras.layers.MaxPooling2D:
+            return [Node(name, "maxpool", inputs, window)]
+        return [Node(name, "shape", inputs, {"op": "average_pooling2d", **window})]
     if type(layer) is keras.layers.GlobalAveragePooling2D:
         _check_channels_last(layer)
         if layer.keepdims:
@@ -376,6 +357,17 @@ def simplify(nodes: list[Node], output: str) -> tuple[list[Node], str]:
     return nodes, output
 
 
+def simplified_graph(qat_model: keras.Model) -> tuple[list[Node], str]:
+    """The QAT model's nodes after every exact rewrite; it must hold a QFFS activation."""
+    nodes, output = read_graph(qat_model)
+    if not any(node.op == "act" for node in nodes):
+        raise ConversionError(
+            "The model has no QFFS activation: quantize it with qffs_tf.quantize_model "
+            "(or build it with QuantReLU layers) and train it before converting."
+        )
+    return simplify(nodes, output)
+
+
 def _build_layer(node: Node, temporal: bool):
     attrs = node.attrs
     if node.op == "linear":
@@ -482,13 +474,7 @@ def convert(
     """
     if isinstance(timesteps, bool) or int(timesteps) != timesteps or timesteps < 1:
         raise ValueError(f"timesteps must be a whole number >= 1, got {timesteps!r}")
-    nodes, output = read_graph(qat_model)
-    if not any(node.op == "act" for node in nodes):
-        raise ConversionError(
-            "The model has no QFFS activation: quantize it with qffs_tf.quantize_model "
-            "(or build it with QuantReLU layers) and train it before converting."
-        )
-    nodes, output = simplify(nodes, output)
+    nodes, output = simplified_graph(qat_model)
     return build_snn(nodes, output, int(timesteps), bool(noise_suppression))
 
 

@@ -29,9 +29,10 @@ import numpy as np
 
 from qffs_tf import spiking
 from qffs_tf._keras import keras, tf
-from qffs_tf.conversion import Node, read_graph, simplify, timesteps_of
-from qffs_tf.errors import ExportError, QFFSError
+from qffs_tf.conversion import Node, simplified_graph, timesteps_of
+from qffs_tf.errors import ConversionError, ExportError, QFFSError
 from qffs_tf.io_utils import atomic_path
+from qffs_tf.simulation import layer_graph
 
 __all__ = ["KINDS", "ExportResult", "export_tflite", "operator_names", "check_builtin_only"]
 
@@ -165,13 +166,10 @@ def _qann_nodes(model: keras.Model) -> tuple[list[Node], str, tuple[int, ...]]:
             "The QANN kinds (qann_float, qann_int8) need the QAT model (qat_model.keras), "
             "not the converted SNN."
         )
-    nodes, output = read_graph(model)
-    if not any(node.op == "act" for node in nodes):
-        raise ExportError(
-            "The model has no QFFS activation: export a QAT model made by "
-            "qffs_tf.quantize_model (or a model with QuantReLU layers)."
-        )
-    nodes, output = simplify(nodes, output)
+    try:
+        nodes, output = simplified_graph(model)
+    except ConversionError as error:
+        raise ExportError(f"Cannot export this model: {error}") from None
     shape = next(node.attrs["shape"] for node in nodes if node.op == "input")
     return nodes, output, tuple(int(d) for d in shape)
 
@@ -187,15 +185,6 @@ def _qann_function(model: keras.Model, quantizer) -> tuple[Any, tuple[int, ...]]
 
 
 # --------------------------------------------------------------------------- SNN, step by step
-
-
-def _layer_graph(snn: keras.Model) -> list[tuple[keras.layers.Layer, list[str]]]:
-    """(layer, names of its inputs) in topological order."""
-    order = []
-    for entry in snn.get_config()["layers"]:
-        inbound = entry.get("inbound_nodes") or [[]]
-        order.append((snn.get_layer(entry["name"]), [item[0] for item in inbound[0]]))
-    return order
 
 
 def _stateful(layer) -> bool:
@@ -284,7 +273,7 @@ def _snn_input_shape(snn: keras.Model) -> tuple[int, ...]:
 
 
 def _snn_full_function(snn: keras.Model, timesteps: int):
-    graph = _layer_graph(snn)
+    graph = layer_graph(snn)
     shape = _snn_input_shape(snn)
 
     # Batch-1 constants that broadcast against the first step's inputs: no shape ops in TFLite.
@@ -316,7 +305,7 @@ class _StreamingSNN(tf.Module):
 
     def __init__(self, snn: keras.Model, batch_size: int):
         super().__init__(name="snn_step")
-        self._layers = _Untracked(_layer_graph(snn))  # the weights are tracked, not the layers
+        self._layers = _Untracked(layer_graph(snn))  # the weights are tracked, not the layers
         self.weights = list(snn.weights)
         self.shape = _snn_input_shape(snn)
         self.initial = {

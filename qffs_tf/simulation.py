@@ -50,7 +50,7 @@ class SimulationResult:
         return total
 
 
-def _graph(snn: keras.Model) -> list[tuple[keras.layers.Layer, list[str]]]:
+def layer_graph(snn: keras.Model) -> list[tuple[keras.layers.Layer, list[str]]]:
     """(layer, names of its inputs) in topological order."""
     order = []
     for entry in snn.get_config()["layers"]:
@@ -105,7 +105,7 @@ class _Program:
 
     def __init__(self, snn: keras.Model, jit_compile: bool):
         self.snn = snn
-        self.graph = _graph(snn)
+        self.graph = layer_graph(snn)
         self.if_layers = [layer for layer, _ in self.graph if isinstance(layer, spiking.IFNeurons)]
         self.synapses = [
             layer
