@@ -19,7 +19,7 @@ import tensorflow_model_optimization as tfmot
 
 from qffs_tf import spiking
 from qffs_tf._keras import check_tf_keras_model, keras
-from qffs_tf.errors import ConversionError, UnsupportedModelError
+from qffs_tf.errors import ConversionError
 from qffs_tf.quantization import QuantReLU, activation_spec
 
 LINEAR_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
@@ -242,8 +242,6 @@ def read_graph(model: keras.Model) -> tuple[list[Node], str]:
                 "shared layers are not supported. Give each call its own layer."
             )
         inputs = [last_name[item[0]] for item in inbound[0]] if inbound else []
-        if isinstance(inbound[0] if inbound else None, dict):  # Keras-3-style config
-            raise UnsupportedModelError("Unrecognised model config format.")
         produced = _layer_nodes(layer, inputs)
         nodes.extend(produced)
         last_name[layer.name] = produced[-1].name
