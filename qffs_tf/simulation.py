@@ -67,22 +67,50 @@ def _neuron_axes(tensor: tf.Tensor, first: int) -> list[int]:
     return list(range(first, tensor.shape.rank))
 
 
-def fanout(layer: spiking.SpikingLinear) -> tf.Tensor:
-    """Per input position, how many accumulations one input event causes (static shape)."""
+def _window_cover(size: int, kernel: int, stride: int, dilation: int, padding: str) -> np.ndarray:
+    """For each input index along one axis: how many (output index, kernel tap) pairs read it."""
+    span = (kernel - 1) * dilation + 1
+    if padding == "SAME":
+        outputs = -(-size // stride)
+        before = max((outputs - 1) * stride + span - size, 0) // 2
+    else:
+        outputs = (size - span) // stride + 1
+        before = 0
+    cover = np.zeros(size, np.int64)
+    for out in range(outputs):
+        for tap in range(kernel):
+            index = out * stride - before + tap * dilation
+            if 0 <= index < size:
+                cover[index] += 1
+    return cover
+
+
+def fanout(layer: spiking.SpikingLinear) -> np.ndarray:
+    """Per input position, how many accumulations one input event causes.
+
+    Counted from the layer's geometry (padding, stride, dilation): exact, and without a
+    gradient through the convolution, which TF 2.21's oneDNN kernels mishandle for batch 1.
+    """
     shape = layer.input_shape
-    per_step = shape[2:] if layer.temporal else shape[1:]
-    probe = tf.ones([1, *per_step])
-    with tf.GradientTape() as tape:
-        tape.watch(probe)
-        total = tf.reduce_sum(layer.linear(probe, kernel=tf.ones_like(layer.kernel)))
-    return tape.gradient(total, probe)[0]
+    per_step = tuple(int(d) for d in (shape[2:] if layer.temporal else shape[1:]))
+    kernel = layer.kernel_shape
+    if layer.kind == "dense":
+        return np.full(per_step, kernel[-1], np.float32)
+    height, width, _ = per_step
+    rows = _window_cover(height, kernel[0], layer.strides[0], layer.dilation_rate[0],
+                         layer.padding)
+    cols = _window_cover(width, kernel[1], layer.strides[1], layer.dilation_rate[1],
+                         layer.padding)
+    outputs_per_tap = kernel[3]  # Conv2D: output channels; depthwise: channel multiplier
+    per_channel = np.outer(rows, cols) * outputs_per_tap
+    return np.repeat(per_channel[:, :, None], per_step[2], axis=2).astype(np.float32)
 
 
 def input_macs(snn: keras.Model) -> int:
     """Multiply-accumulates per sample of the layers that act on the analog input."""
     return int(
         sum(
-            float(tf.reduce_sum(fanout(layer)))
+            float(fanout(layer).sum())
             for layer in snn.layers
             if isinstance(layer, spiking.SpikingLinear) and not layer.temporal
         )
@@ -93,7 +121,7 @@ def ann_macs(snn: keras.Model) -> int:
     """Multiply-accumulates per sample of the equivalent ANN (every synapse once)."""
     return int(
         sum(
-            float(tf.reduce_sum(fanout(layer)))
+            float(fanout(layer).sum())
             for layer in snn.layers
             if isinstance(layer, spiking.SpikingLinear)
         )
@@ -112,7 +140,7 @@ class _Program:
             for layer, _ in self.graph
             if isinstance(layer, spiking.SpikingLinear) and layer.temporal
         ]
-        self.fanouts = {layer.name: fanout(layer) for layer in self.synapses}
+        self.fanouts = {layer.name: tf.constant(fanout(layer)) for layer in self.synapses}
         self.integrate = next(
             layer for layer, _ in self.graph if isinstance(layer, spiking.Integrate)
         )

@@ -38,7 +38,7 @@ def test_helpfull_lists_every_flag_with_help():
         (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
         (["--activation_bits=9"], "9 is not an integer in the range [1, 8]"),
         (["--weight_bits=1"], "--weight_bits=1: use none or an integer in 2..8"),
-        (["--strategy=mirrored"], "not available yet"),
+        (["--strategy=horovod"], "value should be one of"),
         (["--flagfile=does/not/exist.cfg"], "cannot read flagfile 'does/not/exist.cfg'"),
         (["--flagfile={malformed}"], "malformed line 'float_epochs=3'"),
         (["stray_argument"], "unexpected argument"),

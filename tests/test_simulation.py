@@ -96,3 +96,27 @@ def test_bad_inputs_get_clear_errors(network):
         qffs_tf.simulate(snn, x, mode="eventwise")
     with pytest.raises(QFFSError, match="stepwise"):
         qffs_tf.simulate(snn, x, early_exit=True)
+
+
+@pytest.mark.parametrize(
+    "kind,kernel,strides,padding,dilation",
+    [
+        ("conv2d", (3, 3, 2, 5), (1, 1), "same", (1, 1)),
+        ("conv2d", (3, 3, 2, 5), (2, 2), "same", (1, 1)),
+        ("conv2d", (4, 2, 2, 3), (2, 1), "valid", (1, 1)),
+        ("conv2d", (3, 3, 2, 3), (1, 1), "same", (2, 2)),
+        ("depthwise_conv2d", (3, 3, 2, 2), (2, 2), "same", (1, 1)),
+    ],
+)
+def test_fanout_matches_brute_force_one_hot_convolutions(kind, kernel, strides, padding,
+                                                         dilation):
+    """Each input position's fanout = outputs it feeds x taps, found by convolving one-hots."""
+    from qffs_tf import spiking
+    from qffs_tf._keras import keras, tf
+    from qffs_tf.simulation import fanout
+
+    layer = spiking.SpikingLinear(kind, kernel, strides, padding, dilation, temporal=False)
+    layer(keras.Input((7, 6, 2)))
+    positions = np.eye(7 * 6 * 2, dtype=np.float32).reshape(-1, 7, 6, 2)
+    brute = tf.reduce_sum(layer.linear(tf.constant(positions), tf.ones(kernel)), [1, 2, 3])
+    np.testing.assert_array_equal(fanout(layer).reshape(-1), brute.numpy())

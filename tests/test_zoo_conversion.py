@@ -8,10 +8,6 @@ bottleneck ResNets with projection shortcuts, depthwise MobileNet), not any accu
 import numpy as np
 import pytest
 
-import qffs_tf
-from qffs_tf import models
-from qffs_tf._keras import keras
-
 # name, width, input size, time steps, images. ImageNet variants at 64x64 (their layout:
 # strided stem, max-pool, 4096-unit VGG classifier scaled by width).
 ZOO = [
@@ -26,8 +22,10 @@ ZOO = [
 ]
 
 
-def randomise_batch_norm(model: keras.Model, rng: np.random.Generator) -> None:
+def randomise_batch_norm(model, rng: np.random.Generator) -> None:
     """Non-trivial BN: scales, shifts and running statistics away from 1 / 0."""
+    from qffs_tf._keras import keras
+
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, variance = layer.get_weights()
@@ -43,6 +41,10 @@ def randomise_batch_norm(model: keras.Model, rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize("name, width, size, timesteps, images", ZOO)
 def test_zoo_model_converts_exactly(name, width, size, timesteps, images):
+    import qffs_tf
+    from qffs_tf import models
+    from qffs_tf._keras import keras
+
     rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)
     model = models.build(name, input_shape=(size, size, 3), num_classes=10, width=width)
@@ -53,7 +55,7 @@ def test_zoo_model_converts_exactly(name, width, size, timesteps, images):
     x = rng.random((images, size, size, 3), dtype=np.float32)
     report = qffs_tf.verify(qat, snn, x)
     assert report.samples == images
-    assert report.exact, str(report)
-    assert report.quiet_fraction == 1.0, str(report)
+    assert report.exact, report
+    assert report.quiet_fraction == 1.0, report
     # Spikes happen (the check is not vacuous): some neuron fires in every network.
     assert sum(int(v.sum()) for v in report.simulation.positive_spikes.values()) > 0
