@@ -97,10 +97,8 @@ def fanout(layer: spiking.SpikingLinear) -> np.ndarray:
     if layer.kind == "dense":
         return np.full(per_step, kernel[-1], np.float32)
     height, width, _ = per_step
-    rows = _window_cover(height, kernel[0], layer.strides[0], layer.dilation_rate[0],
-                         layer.padding)
-    cols = _window_cover(width, kernel[1], layer.strides[1], layer.dilation_rate[1],
-                         layer.padding)
+    rows = _window_cover(height, kernel[0], layer.strides[0], layer.dilation_rate[0], layer.padding)
+    cols = _window_cover(width, kernel[1], layer.strides[1], layer.dilation_rate[1], layer.padding)
     outputs_per_tap = kernel[3]  # Conv2D: output channels; depthwise: channel multiplier
     per_channel = np.outer(rows, cols) * outputs_per_tap
     return np.repeat(per_channel[:, :, None], per_step[2], axis=2).astype(np.float32)

@@ -362,8 +362,9 @@ class IFCell(keras.layers.Layer):
         return [tf.fill(shape, tf.cast(self.threshold / 2, dtype)), tf.zeros(shape, dtype)]
 
     def call(self, inputs, states):
-        return _if_update(inputs, states[0], states[1], self.threshold, self.levels,
-                          self.noise_suppression)
+        return _if_update(
+            inputs, states[0], states[1], self.threshold, self.levels, self.noise_suppression
+        )
 
     def get_config(self):
         return {
@@ -402,8 +403,9 @@ class IFNeurons(keras.layers.RNN):
             batch_size=tf.shape(inputs)[0], dtype=inputs.dtype
         )
         cell = self.cell
-        return _if_window(inputs, membrane, count, cell.threshold, cell.levels,
-                          cell.noise_suppression)
+        return _if_window(
+            inputs, membrane, count, cell.threshold, cell.levels, cell.noise_suppression
+        )
 
     def get_config(self):
         return {**super().get_config(), "source": self.source, "pooled_by": self.pooled_by}

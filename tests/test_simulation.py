@@ -108,8 +108,7 @@ def test_bad_inputs_get_clear_errors(network):
         ("depthwise_conv2d", (3, 3, 2, 2), (2, 2), "same", (1, 1)),
     ],
 )
-def test_fanout_matches_brute_force_one_hot_convolutions(kind, kernel, strides, padding,
-                                                         dilation):
+def test_fanout_matches_brute_force_one_hot_convolutions(kind, kernel, strides, padding, dilation):
     """Each input position's fanout = outputs it feeds x taps, found by convolving one-hots."""
     from qffs_tf import spiking
     from qffs_tf._keras import keras, tf
