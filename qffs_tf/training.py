@@ -44,6 +44,7 @@ from absl import logging
 from qffs_tf import distribute, io_utils
 from qffs_tf._keras import keras, tf
 from qffs_tf.errors import QFFSError
+from qffs_tf.quantization import INIT_METHODS
 
 __all__ = [
     "TrainConfig",
@@ -116,6 +117,7 @@ class TrainConfig:
     seed: int = 0
     init_checkpoint: str | None = None
     calibration_batches: int = 4
+    step_init: str = "lsq"  # QFFS step-size initialisation: "lsq" or "percentile"
     checkpoint_every_steps: int = 0
     steps_per_epoch: int | None = None
     train_limit: int | None = None
@@ -162,6 +164,7 @@ def validate_config(config: TrainConfig) -> None:
     )
     _check(c.seed >= 0, f"seed must be >= 0, got {c.seed}.")
     _check(c.calibration_batches >= 1, "calibration_batches must be >= 1.")
+    _check(c.step_init in INIT_METHODS, f"step_init must be one of {INIT_METHODS}.")
     _check(c.checkpoint_every_steps >= 0, "checkpoint_every_steps must be >= 0 (0 = per epoch).")
     for name in ("steps_per_epoch", "train_limit", "test_limit"):
         value = getattr(c, name)
@@ -778,6 +781,7 @@ def _train(config: TrainConfig, strategy) -> dict[str, Any]:
                 activation_bits=config.activation_bits,
                 weight_bits=config.weight_bits,
                 calibration_data=data.calibration_images(),
+                init=config.step_init,
             )
         _prepare_for_strategy(qat_model, config, strategy)
         summary = _run_stage(

@@ -14,7 +14,7 @@ FLAGS = (
     "run_dir dataset data_dir model width activation_bits weight_bits float_epochs qat_epochs "
     "batch_size optimizer lr_float lr_qat weight_decay label_smoothing augment seed "
     "init_checkpoint calibration_batches checkpoint_every_steps steps_per_epoch train_limit "
-    "test_limit strategy"
+    "test_limit strategy devices tpu sync_batch_norm dropout dry_run step_init"
 ).split()
 
 

@@ -147,7 +147,13 @@ def test_run_dir_with_other_settings_is_refused(reference_run):
 
 @pytest.mark.parametrize(
     "field, value",
-    [("activation_bits", 9), ("weight_bits", 1), ("strategy", "horovod"), ("batch_size", 0)],
+    [
+        ("activation_bits", 9),
+        ("weight_bits", 1),
+        ("strategy", "horovod"),
+        ("batch_size", 0),
+        ("step_init", "mse"),
+    ],
 )
 def test_bad_settings_are_rejected(tmp_path, field, value):
     with pytest.raises(TrainConfigError, match=field.split("_")[0]):
