@@ -24,7 +24,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check qffs_tf bin tests benchmarks
+	$(VENV)/bin/ruff check qffs_tf tests benchmarks bin/*
+	$(VENV)/bin/ruff format --check qffs_tf tests benchmarks bin/*
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
