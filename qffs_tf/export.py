@@ -206,6 +206,27 @@ def _static(layer, x: tf.Tensor) -> tf.Tensor:
     return layer(x)
 
 
+def _if_update_arithmetic(inputs, membrane, count, cell: spiking.IFCell):
+    """The IF rule of `spiking.IFCell` with floor/min/max instead of comparisons.
+
+    Same numbers: [v >= theta] = clip(floor(v - theta) + 1, 0, 1) (v - theta >= 0 exactly when
+    v >= theta in IEEE arithmetic), [v < 0] = clip(-floor(v), 0, 1), and for the integer count
+    [n < L] = clip(L - n, 0, 1), [n > 0] = clip(n, 0, 1). XNNPACK runs these ops; it does not
+    run TFLite's comparison and logical ops, which made the neurons the SNN's bottleneck.
+    """
+    theta = tf.constant(cell.threshold, inputs.dtype)
+    membrane = membrane + inputs
+
+    def indicator(value):
+        return tf.minimum(tf.maximum(value, 0.0), 1.0)
+
+    spikes = indicator(tf.floor(membrane - theta) + 1.0) * indicator(cell.levels - count)
+    if cell.noise_suppression:
+        spikes -= indicator(-tf.floor(membrane)) * indicator(count)
+    amplitude = spikes * theta
+    return amplitude, [membrane - amplitude, count + spikes]
+
+
 def _snn_step(graph, x, states, first):
     """One SNN time step: (logits so far, new states, spikes per sample in this step).
 
@@ -245,7 +266,7 @@ def _snn_step(graph, x, states, first):
         elif isinstance(layer, spiking.IFNeurons):
             membrane, count = states[name]
             current = tf.zeros_like(membrane) if arg is None else arg
-            out, new_states[name] = layer.cell.call(current, [membrane, count])
+            out, new_states[name] = _if_update_arithmetic(current, membrane, count, layer.cell)
             fired = tf.reduce_sum(
                 tf.cast(tf.not_equal(out, 0.0), tf.int32),
                 axis=list(range(1, out.shape.rank)),
