@@ -142,16 +142,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_multi_worker_run(tmp_path):
+def run_two_workers(tmp_path, run_dir, dump, *extra):
+    """Two bin/train processes (worker 0 = chief, worker 1) on free 127.0.0.1 ports."""
     ports = [free_port(), free_port()]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     args = [f"--{key}={value}" for key, value in TINY.items() if key != "checkpoint_every_steps"]
     args += [
-        f"--run_dir={tmp_path / 'run'}",
+        f"--run_dir={run_dir}",
         "--strategy=multi_worker",
         "--steps_per_epoch=2",
         "--checkpoint_every_steps=1",
-        f"--test_weights_dump={tmp_path}/w{{task}}.npz",
+        f"--test_weights_dump={tmp_path}/{dump}{{task}}.npz",
+        *extra,
     ]
     processes = []
     for index in range(2):
@@ -174,10 +176,24 @@ def test_two_process_multi_worker_run(tmp_path):
         for process in processes:
             if process.poll() is None:
                 process.kill()
-    for process, (_, err) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, err[-3000:]
-    assert "float accuracy" in outputs[0][0]  # the chief reports
-    assert "worker done" in outputs[1][0]
+    return [
+        (process.returncode, out, err)
+        for process, (out, err) in zip(processes, outputs, strict=True)
+    ]
+
+
+@pytest.fixture(scope="module")
+def multi_worker_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("multi_worker")
+    return tmp_path, run_two_workers(tmp_path, tmp_path / "run", "w")
+
+
+def test_two_process_multi_worker_run(multi_worker_run):
+    tmp_path, results = multi_worker_run
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    assert "float accuracy" in results[0][1]  # the chief reports
+    assert "worker done" in results[1][1]
     assert_weights_close(load_npz(tmp_path / "w0.npz"), load_npz(tmp_path / "w1.npz"), 0, 0)
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
@@ -190,6 +206,23 @@ def test_two_process_multi_worker_run(tmp_path):
         "ckpt-2.index",
     ]
     assert not list(tmp_path.glob("qffs_worker*"))
+
+
+def test_multi_worker_run_resumes_after_both_workers_stop(multi_worker_run):
+    tmp_path, _ = multi_worker_run
+    run = tmp_path / "resumed"
+    stopped = run_two_workers(tmp_path, run, "r", "--test_stop_after_steps=3")
+    for code, out, err in stopped:  # float stage done (2 steps), one QAT step checkpointed
+        assert code == 3 and "stopped after 3 steps" in out, err[-3000:]
+    assert sorted(p.name for p in (run / "checkpoints" / "qat").glob("*.index")) == ["ckpt-1.index"]
+    assert not (run / "report.json").exists()
+    resumed = run_two_workers(tmp_path, run, "r")
+    for code, _, err in resumed:
+        assert code == 0, err[-3000:]
+    assert_weights_close(load_npz(tmp_path / "r0.npz"), load_npz(tmp_path / "r1.npz"), 0, 0)
+    # Same weights as the uninterrupted two-worker run (float rounding of the collectives).
+    assert_weights_close(load_npz(tmp_path / "w0.npz"), load_npz(tmp_path / "r0.npz"), 1e-6, 0)
+    assert json.loads((run / "state.json").read_text())["complete"]
 
 
 def test_make_strategy_default_and_errors(monkeypatch):
