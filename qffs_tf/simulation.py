@@ -5,8 +5,9 @@ Two modes give identical spikes:
   each neuron layer scans over T. Fast; what accuracy-per-step evaluation uses.
 - "stepwise": one step at a time, every layer's state carried from step to step, as a device
   or a streaming application would run it. Memory does not grow with T, and with
-  `early_exit=True` the loop stops once every sample in the batch is quiet (no spike
-  anywhere), which leaves the logits exact.
+  `early_exit=True` a sample leaves the batch after a step in which none of its neurons
+  spiked (it is quiet: its logits can no longer change), and the loop stops when no sample
+  is left; the logits stay exact.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class SimulationResult:
     input_macs: int  # multiply-accumulates per sample on the analog input (step 0)
     timesteps: int
     steps_run: int  # < timesteps when early exit stopped the loop
+    active_per_step: list[int]  # samples still computed at each step (early exit drops quiet ones)
 
     @property
     def final_logits(self) -> np.ndarray:
@@ -145,7 +147,10 @@ class _Program:
         self.input_macs = input_macs(snn)
         self.layerwise = tf.function(self._layerwise, jit_compile=jit_compile)
         self.first_step = tf.function(lambda x, s: self._step(x, s, True), jit_compile=jit_compile)
-        self.next_step = tf.function(lambda x, s: self._step(x, s, False), jit_compile=jit_compile)
+        # The batch shrinks as samples become quiet (early exit): one trace for all sizes.
+        self.next_step = tf.function(
+            lambda x, s: self._step(x, s, False), jit_compile=jit_compile, reduce_retracing=True
+        )
 
     def _stats(self, name: str, spikes: tf.Tensor, axis: int) -> dict[str, tf.Tensor]:
         axes = _neuron_axes(spikes, axis)
@@ -224,6 +229,67 @@ def _program(snn: keras.Model, timesteps: int, jit_compile: bool) -> _Program:
     return cache[key]
 
 
+def _run_stepwise(program: _Program, x: tf.Tensor, steps: int, early_exit: bool):
+    """Step through the window; with early exit, a sample leaves the batch once it is quiet.
+
+    A sample is quiet after a step in which none of its neurons spiked: nothing arrives after
+    step 0 but spikes, so its state, and its logits, cannot change any more.
+    Returns per-step statistics for the whole batch, final counts, steps run, and how many
+    samples were computed at each step.
+    """
+    batch = int(x.shape[0])
+    states = program.initial_states(batch)
+    active = np.arange(batch)
+    records: dict[str, list[np.ndarray]] = {}
+    last: dict[str, np.ndarray] = {}  # per key, the latest full-batch values
+    counts = {
+        layer.name: np.zeros((batch, *layer.cell.neuron_shape), np.float32)
+        for layer in program.if_layers
+    }
+    active_per_step = []
+    for t in range(steps):
+        if active.size == 0:
+            break
+        fn = program.first_step if t == 0 else program.next_step
+        step_out, states = fn(x, states)
+        active_per_step.append(int(active.size))
+        silent = np.ones(active.size, bool)
+        for key, value in step_out.items():
+            value = value.numpy()
+            if key == "logits":
+                full = last.get(key, np.zeros((batch, *value.shape[1:]), value.dtype)).copy()
+            else:
+                full = np.zeros((batch, *value.shape[1:]), value.dtype)
+                if key.startswith(("pos/", "neg/")):
+                    silent &= value == 0
+            full[active] = value
+            last[key] = full
+            records.setdefault(key, []).append(full)
+        for layer in program.if_layers:
+            counts[layer.name][active] = states[layer.name][1].numpy()
+        if early_exit and silent.any() and t + 1 < steps:
+            keep = np.flatnonzero(~silent)
+            active = active[keep]
+            x = tf.gather(x, keep)
+            states = {
+                name: [tf.gather(value, keep) for value in values]
+                for name, values in states.items()
+            }
+    steps_run = len(active_per_step)
+    out = {key: np.stack(values, axis=1) for key, values in records.items()}
+    if steps_run < steps:  # everything quiet: nothing changes any more
+        for key, value in out.items():
+            pad = value[:, -1:] if key == "logits" else np.zeros_like(value[:, -1:])
+            out[key] = np.concatenate([value] + [pad] * (steps - steps_run), axis=1)
+    active_per_step += [0] * (steps - steps_run)
+    return (
+        out,
+        {name: np.round(value) for name, value in counts.items()},
+        steps_run,
+        active_per_step,
+    )
+
+
 def _quiet_steps(spikes_per_step: np.ndarray, timesteps: int) -> np.ndarray:
     """Steps after which no spike follows; -1 where the last step still had spikes."""
     active = spikes_per_step > 0
@@ -257,9 +323,9 @@ def simulate(
 ) -> SimulationResult:
     """Simulate `snn` on a batch `x` for `timesteps` steps (default: the SNN's own).
 
-    Returns the logits after every step and per-step spike statistics. `early_exit` (stepwise
-    only) stops once every sample is quiet; the logits stay exact. `jit_compile` runs the
-    simulation under XLA.
+    Returns the logits after every step and per-step spike statistics. `early_exit`
+    (stepwise only) stops computing each sample once it is quiet; the logits stay exact.
+    `jit_compile` runs the simulation under XLA.
     """
     if mode not in MODES:
         raise QFFSError(f"mode must be one of {MODES}, got {mode!r}")
@@ -275,30 +341,10 @@ def simulate(
         out = {key: value.numpy() for key, value in program.layerwise(x).items()}
         steps_run = steps
         counts = {layer.name: out[f"count/{layer.name}"] for layer in program.if_layers}
+        active_per_step = [batch] * steps
         logits = out["logits"]
     else:
-        states = program.initial_states(batch)
-        per_step = []
-        for t in range(steps):
-            fn = program.first_step if t == 0 else program.next_step
-            step_out, states = fn(x, states)
-            per_step.append({key: value.numpy() for key, value in step_out.items()})
-            silent = all(
-                not per_step[-1][f"{sign}/{layer.name}"].any()
-                for layer in program.if_layers
-                for sign in ("pos", "neg")
-            )
-            if early_exit and silent and t + 1 < steps:
-                break
-        steps_run = len(per_step)
-        out = {key: np.stack([entry[key] for entry in per_step], axis=1) for key in per_step[0]}
-        if steps_run < steps:  # quiet: nothing changes any more
-            for key, value in out.items():
-                pad = value[:, -1:] if key == "logits" else np.zeros_like(value[:, -1:])
-                out[key] = np.concatenate([value] + [pad] * (steps - steps_run), axis=1)
-        counts = {
-            layer.name: np.round(states[layer.name][1].numpy()) for layer in program.if_layers
-        }
+        out, counts, steps_run, active_per_step = _run_stepwise(program, x, steps, early_exit)
         logits = out["logits"]
     positive = {layer.name: out[f"pos/{layer.name}"] for layer in program.if_layers}
     negative = {layer.name: out[f"neg/{layer.name}"] for layer in program.if_layers}
@@ -313,6 +359,7 @@ def simulate(
         input_macs=program.input_macs,
         timesteps=steps,
         steps_run=steps_run,
+        active_per_step=active_per_step,
     )
     result.quiet_step = _quiet_steps(result.spikes_per_step(), steps)
     return result

@@ -40,6 +40,14 @@ def test_early_exit_stops_when_quiet_and_keeps_logits_exact(network):
     early = qffs_tf.simulate(snn, x, mode="stepwise", early_exit=True)
     assert early.steps_run == full.quiet_step.max() + 1 < full.timesteps
     np.testing.assert_allclose(early.logits, full.logits, atol=1e-6)
+    for name in full.counts:
+        np.testing.assert_array_equal(early.counts[name], full.counts[name])
+        np.testing.assert_array_equal(early.positive_spikes[name], full.positive_spikes[name])
+        np.testing.assert_array_equal(early.negative_spikes[name], full.negative_spikes[name])
+    # Each sample is computed up to the step after its last spike, then leaves the batch.
+    expected_active = [int((full.quiet_step >= t).sum()) for t in range(full.timesteps)]
+    assert early.active_per_step == expected_active
+    assert early.active_per_step[0] == 16 and early.active_per_step[-1] == 0
     np.testing.assert_allclose(early.final_logits, qat.predict(x, verbose=0), atol=1e-5)
 
 
