@@ -50,6 +50,7 @@ __all__ = [
     "TrainConfig",
     "TrainConfigError",
     "StopForTest",
+    "TrainingDivergedError",
     "OPTIMIZERS",
     "LR_SCHEDULES",
     "STRATEGIES",
@@ -417,6 +418,33 @@ def _load_float_weights(model: keras.Model, path: str) -> None:
 # ----------------------------------------------------------------------------- one stage
 
 
+class TrainingDivergedError(QFFSError):
+    """The loss became NaN or infinite: no checkpoint of the diverged weights is written."""
+
+
+class _DivergenceGuard(keras.callbacks.Callback):
+    """Stops a stage whose loss is no longer finite, before anything saves those weights."""
+
+    def __init__(self, stage_name: str, lr_flag: str):
+        super().__init__()
+        self.stage_name = stage_name
+        self.lr_flag = lr_flag
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingDivergedError(
+                f"The {self.stage_name} stage diverged: the loss became {float(loss)} at epoch "
+                f"{self.epoch + 1}, batch {batch + 1}. Lower the learning rate ({self.lr_flag}) "
+                "or check the data for NaNs, and start again in a new --run_dir (a run_dir "
+                "refuses changed settings). No checkpoint of the diverged weights was written."
+            )
+
+
 class _StageCheckpointer(keras.callbacks.Callback):
     """Owns the stage's CheckpointManager; saves every N steps and at every epoch end.
 
@@ -580,7 +608,8 @@ def _run_stage(
             int(stage.step_in_epoch.numpy()),
             int(optimizer.iterations.numpy()),
         )
-    callbacks = [_StageCheckpointer(stage)]
+    # The guard runs first, so a diverged step is never checkpointed.
+    callbacks = [_DivergenceGuard(name, f"--lr_{name}"), _StageCheckpointer(stage)]
     if distribute.is_chief(strategy) and _tensorboard_available():
         callbacks.append(
             keras.callbacks.TensorBoard(

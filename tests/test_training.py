@@ -158,3 +158,10 @@ def test_run_dir_with_other_settings_is_refused(reference_run):
 def test_bad_settings_are_rejected(tmp_path, field, value):
     with pytest.raises(TrainConfigError, match=field.split("_")[0]):
         training.validate_config(tiny_config(tmp_path, **{field: value}))
+
+
+def test_divergence_is_a_clear_error_and_leaves_no_bad_checkpoint(tmp_path):
+    config = tiny_config(tmp_path / "run", lr_float=1e12, float_epochs=1, qat_epochs=0)
+    with pytest.raises(training.TrainingDivergedError, match=r"float stage diverged.*--lr_float"):
+        training.train(config)
+    assert not list((tmp_path / "run" / "checkpoints" / "float").glob("ckpt-*.index"))
