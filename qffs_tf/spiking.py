@@ -403,8 +403,14 @@ class IFNeurons(keras.layers.RNN):
             batch_size=tf.shape(inputs)[0], dtype=inputs.dtype
         )
         cell = self.cell
+        # Threshold and cap as tensors: layers of the same shape share one compiled window.
         return _if_window(
-            inputs, membrane, count, cell.threshold, cell.levels, cell.noise_suppression
+            inputs,
+            membrane,
+            count,
+            tf.constant(cell.threshold, inputs.dtype),
+            tf.constant(cell.levels, inputs.dtype),
+            cell.noise_suppression,
         )
 
     def get_config(self):
