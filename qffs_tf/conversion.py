@@ -58,13 +58,16 @@ def _check_channels_last(layer) -> None:
 
 
 def _effective_kernel(wrapper, inner) -> np.ndarray:
-    """The kernel the QAT forward pass uses (tfmot fake-quantized when weight_bits was set)."""
+    """The kernel the QAT forward pass uses (tfmot fake-quantized when weight_bits was set).
+
+    With weight quantization, tfmot overwrites the layer's kernel attribute with the quantized
+    tensor of its last call, so the variable is taken from the wrapper's own list.
+    """
     attribute = "depthwise_kernel" if isinstance(inner, keras.layers.DepthwiseConv2D) else "kernel"
-    kernel = getattr(inner, attribute)
     for weight, quantizer, variables in getattr(wrapper, "_weight_vars", []):
-        if weight is kernel or weight.name == kernel.name:
-            return np.asarray(quantizer(kernel, False, weights=variables))
-    return kernel.numpy()
+        if weight.name.split("/")[-1].split(":")[0] == attribute:
+            return np.asarray(quantizer(weight, False, weights=variables))
+    return getattr(inner, attribute).numpy()
 
 
 def _linear_node(layer, name: str, inputs: list[str], wrapper=None) -> Node:

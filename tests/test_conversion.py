@@ -147,3 +147,18 @@ def test_bad_timesteps_are_rejected():
     model = late_negative_network()
     with pytest.raises(ValueError, match="timesteps"):
         qffs_tf.convert(model, timesteps=0)
+
+
+def test_weight_quantized_model_converts_exactly_with_its_int8_kernels():
+    model = every_layer_model(7)
+    x = images(16, model.input_shape[1:], 7)
+    qat = qffs_tf.quantize_model(model, 2, weight_bits=8, calibration_data=x)
+    qat.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qat.fit(x, np.arange(16) % 5, epochs=1, verbose=0)  # sets tfmot's kernel ranges
+    snn = qffs_tf.convert(qat, timesteps=48)
+    report = qffs_tf.verify(qat, snn, x)
+    assert report.exact and report.quiet_fraction == 1.0, report
+    float_model = every_layer_model(7)
+    float_model.set_weights(model.get_weights())
+    # The fake-quantized kernels differ from the float ones: exactness is not by accident.
+    assert not np.allclose(qat.predict(x, verbose=0), float_model.predict(x, verbose=0))
