@@ -17,7 +17,11 @@ from qffs_tf import spiking
 from qffs_tf._keras import keras
 from qffs_tf.conversion import convert, timesteps_of, with_timesteps
 from qffs_tf.simulation import ann_macs, input_macs, simulate
-from qffs_tf.verification import qann_integer_activations
+from qffs_tf.verification import (
+    first_full_agreement_step,
+    qann_integer_activations,
+    snn_counts_in_qann_units,
+)
 
 # 45 nm CMOS, 32-bit float (Horowitz, ISSCC 2014): the figures most SNN papers use.
 DEFAULT_E_AC_PJ = 0.9
@@ -54,9 +58,7 @@ class _Totals:
             self.negative[name] = self.negative.get(name, 0) + result.negative_spikes[name].sum()
         self.sops += float(sum(value.sum() for value in result.synaptic_ops.values()))
         for layer, want in zip(if_layers, expected, strict=True):
-            got = result.counts[layer.name]
-            if layer.pooled_by:
-                got = snn.get_layer(layer.pooled_by).pool(got).numpy()
+            got = snn_counts_in_qann_units(layer, result.counts[layer.name], snn)
             self.mismatches[layer.name] = self.mismatches.get(layer.name, 0) + int(
                 (got != want).sum()
             )
@@ -121,13 +123,6 @@ def evaluate_snn(
     return _report(totals, qann_correct, seen, steps, snn, if_layers, e_ac_pj, e_mac_pj)
 
 
-def _first_full_agreement(agreement: list[float]) -> int | None:
-    for step in range(len(agreement)):
-        if all(value == 1.0 for value in agreement[step:]):
-            return step + 1
-    return None
-
-
 def _report(totals, qann_correct, seen, steps, snn, if_layers, e_ac_pj, e_mac_pj) -> dict:
     neurons = {layer.name: int(np.prod(layer.cell.neuron_shape)) for layer in if_layers}
     macs = ann_macs(snn)
@@ -153,7 +148,7 @@ def _report(totals, qann_correct, seen, steps, snn, if_layers, e_ac_pj, e_mac_pj
             {
                 f"{prefix}snn_accuracy_per_step": accuracy,
                 f"{prefix}agreement_per_step": agreement,
-                f"{prefix}first_full_agreement_step": _first_full_agreement(agreement),
+                f"{prefix}first_full_agreement_step": first_full_agreement_step(agreement),
                 f"{prefix}mean_quiet_step": (
                     total.quiet_sum / total.quiet_count if total.quiet_count else None
                 ),

@@ -48,10 +48,7 @@ class VerificationReport:
 
     def first_full_agreement_step(self) -> int | None:
         """First step (1-based) from which on top-1 agreement stays 1.0."""
-        for step in range(len(self.agreement_per_step)):
-            if all(value == 1.0 for value in self.agreement_per_step[step:]):
-                return step + 1
-        return None
+        return first_full_agreement_step(self.agreement_per_step)
 
     def __str__(self) -> str:
         lines = [f"{'SNN layer':<28}{'QANN layer':<28}{'neurons':>9}{'mismatches':>12}"]
@@ -72,6 +69,27 @@ class VerificationReport:
             f"{self.max_logit_error:.3g}",
         ]
         return "\n".join(lines)
+
+
+def first_full_agreement_step(agreement_per_step: list[float]) -> int | None:
+    """First step (1-based) from which on top-1 agreement stays 1.0; None if it never does."""
+    for step in range(len(agreement_per_step)):
+        if all(value == 1.0 for value in agreement_per_step[step:]):
+            return step + 1
+    return None
+
+
+def snn_counts_in_qann_units(
+    layer: spiking.IFNeurons, counts: np.ndarray, snn: keras.Model
+) -> np.ndarray:
+    """An IF layer's final counts, shaped like the QANN activation it replaced.
+
+    Where the converter moved a max-pool behind the neurons, the QANN pooled before
+    quantizing, so the counts are compared after that pool.
+    """
+    if layer.pooled_by:
+        return snn.get_layer(layer.pooled_by).pool(counts).numpy()
+    return counts
 
 
 def qann_integer_activations(
@@ -106,9 +124,7 @@ def verify(
     )
     checks = []
     for layer, want in zip(if_layers, expected, strict=True):
-        got = result.counts[layer.name]
-        if layer.pooled_by:  # the QANN pooled before quantizing: compare after the pool
-            got = snn.get_layer(layer.pooled_by).pool(got).numpy()
+        got = snn_counts_in_qann_units(layer, result.counts[layer.name], snn)
         error = np.abs(got - want)
         checks.append(
             LayerCheck(
