@@ -40,7 +40,7 @@ _SUBMODULES = {
     "data",
     "training",
     "conversion",
-    "spiking",
+    "snn",
     "simulation",
     "verification",
     "evaluation",

@@ -13,10 +13,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from qffs_tf import spiking
 from qffs_tf._keras import keras
-from qffs_tf.conversion import convert, timesteps_of, with_timesteps
+from qffs_tf.conversion import convert
 from qffs_tf.simulation import ann_macs, input_macs, simulate
+from qffs_tf.snn import layers as spiking
+from qffs_tf.snn.timesteps import timesteps_of, with_timesteps
 from qffs_tf.verification import (
     first_full_agreement_step,
     qann_integer_activations,

@@ -16,10 +16,10 @@ import dataclasses
 
 import numpy as np
 
-from qffs_tf import spiking
 from qffs_tf._keras import keras, tf
-from qffs_tf.conversion import timesteps_of, with_timesteps
 from qffs_tf.errors import QFFSError
+from qffs_tf.snn import layers as spiking
+from qffs_tf.snn.timesteps import timesteps_of, with_timesteps
 
 MODES = ("layerwise", "stepwise")
 

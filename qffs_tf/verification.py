@@ -11,9 +11,9 @@ import dataclasses
 
 import numpy as np
 
-from qffs_tf import spiking
 from qffs_tf._keras import keras
 from qffs_tf.simulation import SimulationResult, simulate
+from qffs_tf.snn import layers as spiking
 
 
 @dataclasses.dataclass

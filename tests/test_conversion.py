@@ -5,9 +5,9 @@ import pytest
 from snn_fixtures import every_layer_model, flatten_model, images
 
 import qffs_tf
-from qffs_tf import spiking
 from qffs_tf._keras import keras
 from qffs_tf.errors import ConversionError
+from qffs_tf.snn import layers as spiking
 
 
 def converted(model_fn, bits, timesteps, seed=0, noise_suppression=True):

@@ -11,9 +11,10 @@ import pytest
 from snn_fixtures import every_layer_model, flatten_model, images
 
 import qffs_tf
-from qffs_tf import export, export_runtime
+from qffs_tf import export
 from qffs_tf._keras import keras, tf
 from qffs_tf.errors import ExportError
+from qffs_tf.export import runtime as export_runtime
 from qffs_tf.io_utils import save_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qffs_tf import spiking
 from qffs_tf._keras import tf
+from qffs_tf.snn import layers as spiking
 
 
 def run_cell(charges: np.ndarray, levels: int, noise_suppression: bool, threshold=1.0):

@@ -118,9 +118,9 @@ def test_bad_inputs_get_clear_errors(network):
 )
 def test_fanout_matches_brute_force_one_hot_convolutions(kind, kernel, strides, padding, dilation):
     """Each input position's fanout = outputs it feeds x taps, found by convolving one-hots."""
-    from qffs_tf import spiking
     from qffs_tf._keras import keras, tf
     from qffs_tf.simulation import fanout
+    from qffs_tf.snn import layers as spiking
 
     layer = spiking.SpikingLinear(kind, kernel, strides, padding, dilation, temporal=False)
     layer(keras.Input((7, 6, 2)))

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from qffs_tf import export_runtime
 from qffs_tf._keras import keras
-from qffs_tf.conversion import timesteps_of, with_timesteps
-from qffs_tf.export import KINDS, ExportResult, export_tflite
+from qffs_tf.export import runtime as export_runtime
+from qffs_tf.export.tflite import KINDS, ExportResult, export_tflite
+from qffs_tf.snn.timesteps import timesteps_of, with_timesteps
 
 __all__ = ["FLOAT_TOLERANCE", "export_all", "check_parity", "format_table"]
 

@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from qffs_tf import spiking
 from qffs_tf._keras import keras, tf
-from qffs_tf.conversion import Node, simplified_graph, timesteps_of
+from qffs_tf.conversion import Node, simplified_graph
 from qffs_tf.errors import ConversionError, ExportError, QFFSError
 from qffs_tf.io_utils import atomic_path
 from qffs_tf.simulation import layer_graph
+from qffs_tf.snn import layers as spiking
+from qffs_tf.snn.timesteps import timesteps_of
 
 __all__ = ["KINDS", "ExportResult", "export_tflite", "operator_names", "check_builtin_only"]
 
