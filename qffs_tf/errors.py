@@ -21,3 +21,11 @@ class DatasetNotFoundError(QFFSError):
 
 class ExportError(QFFSError):
     """A model that cannot be exported to TFLite with builtin ops only."""
+
+
+class InvalidArgumentError(QFFSError, ValueError):
+    """An argument value the API cannot take (a number out of range, an unknown option)."""
+
+
+class InvalidInputError(QFFSError, ValueError):
+    """Input data the API cannot take: wrong shape, NaN or Inf, an empty batch."""

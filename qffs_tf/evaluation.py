@@ -16,7 +16,7 @@ import numpy as np
 from qffs_tf._keras import keras
 from qffs_tf.conversion import convert
 from qffs_tf.simulation import ann_macs, input_macs, simulate
-from qffs_tf.snn import layers as spiking
+from qffs_tf.snn.neuron_layer import SpikingNeurons
 from qffs_tf.snn.timesteps import timesteps_of, with_timesteps
 from qffs_tf.verification import (
     first_full_agreement_step,
@@ -100,11 +100,11 @@ def evaluate_snn(
     snn = with_timesteps(snn, steps)
     variants = {"qffs": snn}
     if plain_if:
-        plain = convert(qat_model, steps, noise_suppression=False)
+        plain = convert(qat_model, steps, neuron="plain_if")
         variants["plain_if"] = plain
-    if_layers = [layer for layer in snn.layers if isinstance(layer, spiking.IFNeurons)]
+    if_layers = [layer for layer in snn.layers if isinstance(layer, SpikingNeurons)]
     sources = [layer.source for layer in if_layers]
-    thresholds = [layer.threshold for layer in if_layers]
+    thresholds = [layer.step_size for layer in if_layers]
     totals = {name: _Totals(steps) for name in variants}
     qann_correct = 0
     seen = 0
@@ -125,7 +125,7 @@ def evaluate_snn(
 
 
 def _report(totals, qann_correct, seen, steps, snn, if_layers, e_ac_pj, e_mac_pj) -> dict:
-    neurons = {layer.name: int(np.prod(layer.cell.neuron_shape)) for layer in if_layers}
+    neurons = {layer.name: int(np.prod(layer.neuron_shape)) for layer in if_layers}
     macs = ann_macs(snn)
     first_macs = input_macs(snn)
     report = {

@@ -29,7 +29,7 @@ def all_custom_objects() -> dict[str, object]:
     """Custom objects of the quantizer and, when importable, of the spiking layers."""
     objects = dict(custom_objects())
     try:
-        from qffs_tf.snn import layers as spiking
+        from qffs_tf import snn as spiking
 
         objects.update(spiking.custom_objects())
     except ImportError:  # spiking layers not available in this build

@@ -17,9 +17,10 @@ import dataclasses
 import numpy as np
 
 from qffs_tf._keras import keras, tf
-from qffs_tf.errors import QFFSError
+from qffs_tf.errors import InvalidArgumentError, QFFSError
 from qffs_tf.snn import layers as spiking
-from qffs_tf.snn.timesteps import timesteps_of, with_timesteps
+from qffs_tf.snn.program import Program
+from qffs_tf.snn.timesteps import check_timesteps, timesteps_of, with_timesteps
 
 MODES = ("layerwise", "stepwise")
 
@@ -50,19 +51,6 @@ class SimulationResult:
         for name in self.positive_spikes:
             total += self.positive_spikes[name] + self.negative_spikes[name]
         return total
-
-
-def layer_graph(snn: keras.Model) -> list[tuple[keras.layers.Layer, list[str]]]:
-    """(layer, names of its inputs) in topological order."""
-    order = []
-    for entry in snn.get_config()["layers"]:
-        inbound = entry.get("inbound_nodes") or [[]]
-        order.append((snn.get_layer(entry["name"]), [item[0] for item in inbound[0]]))
-    return order
-
-
-def _is_temporal(layer: keras.layers.Layer) -> bool:
-    return bool(getattr(layer, "temporal", False))
 
 
 def _neuron_axes(tensor: tf.Tensor, first: int) -> list[int]:
@@ -128,22 +116,19 @@ def ann_macs(snn: keras.Model) -> int:
     )
 
 
-class _Program:
-    """The compiled functions that simulate one SNN at one number of steps."""
+class _Simulator:
+    """The compiled functions that simulate one SNN at one number of steps, with statistics.
+
+    The work is `qffs_tf.snn.Program`'s (each layer's own `call` and `step`); this class only
+    adds what a simulation records: spikes of each sign per neuron layer, synaptic operations
+    and the logits.
+    """
 
     def __init__(self, snn: keras.Model, jit_compile: bool):
-        self.snn = snn
-        self.graph = layer_graph(snn)
-        self.if_layers = [layer for layer, _ in self.graph if isinstance(layer, spiking.IFNeurons)]
-        self.synapses = [
-            layer
-            for layer, _ in self.graph
-            if isinstance(layer, spiking.SpikingLinear) and layer.temporal
-        ]
+        self.program = Program(snn)
+        self.neuron_layers = self.program.neuron_layers
+        self.synapses = self.program.synapses
         self.fanouts = {layer.name: tf.constant(fanout(layer)) for layer in self.synapses}
-        self.integrate = next(
-            layer for layer, _ in self.graph if isinstance(layer, spiking.Integrate)
-        )
         self.input_macs = input_macs(snn)
         self.layerwise = tf.function(self._layerwise, jit_compile=jit_compile)
         self.first_step = tf.function(lambda x, s: self._step(x, s, True), jit_compile=jit_compile)
@@ -163,77 +148,56 @@ class _Program:
         events = tf.cast(tf.not_equal(inputs, 0), tf.float32) * self.fanouts[name]
         return tf.reduce_sum(events, _neuron_axes(events, axis))
 
+    def _inputs_of(self, values: dict, name: str) -> tf.Tensor | None:
+        inbound = next(inbound for layer, inbound in self.program.graph if layer.name == name)
+        return values[inbound[0]]
+
     def _layerwise(self, x):
-        values = {}
-        out = {}
-        for layer, inbound in self.graph:
-            if isinstance(layer, keras.layers.InputLayer):
-                values[layer.name] = x
-                continue
-            inputs = [values[name] for name in inbound]
-            arg = inputs if isinstance(layer, spiking.SpikingAdd) else inputs[0]
-            values[layer.name] = layer(arg)
-            if isinstance(layer, spiking.IFNeurons):
-                spikes = values[layer.name]
-                out.update(self._stats(layer.name, spikes, 2))
-                total = tf.reduce_sum(spikes, axis=1) / layer.threshold
-                out[f"count/{layer.name}"] = tf.round(total)
-            if layer.name in self.fanouts:
-                out[f"sops/{layer.name}"] = self._sops(layer.name, arg, 2)
-        out["logits"] = values[self.integrate.name]
+        values = self.program.window(x)
+        out = {"logits": values[self.program.integrate.name]}
+        for layer in self.neuron_layers:
+            spikes = values[layer.name]
+            out.update(self._stats(layer.name, spikes, 2))
+            out[f"count/{layer.name}"] = tf.round(tf.reduce_sum(spikes, axis=1) / layer.threshold)
+        for layer in self.synapses:
+            out[f"sops/{layer.name}"] = self._sops(
+                layer.name, self._inputs_of(values, layer.name), 2
+            )
         return out
 
     def initial_states(self, batch_size: int) -> dict[str, list[tf.Tensor]]:
-        return {
-            layer.name: layer.initial_state(batch_size)
-            for layer, _ in self.graph
-            if isinstance(layer, spiking.SpikingLayer | spiking.IFNeurons)
-        }
+        return self.program.initial_state(batch_size)
 
     def _step(self, x, states, first: bool):
-        values, new_states, out = {}, {}, {}
+        values, new_states = self.program.step(x, states, first)
         batch = tf.shape(x)[0]
-        for layer, inbound in self.graph:
-            name = layer.name
-            if isinstance(layer, keras.layers.InputLayer):
-                values[name] = x
-                continue
-            inputs = [values[i] for i in inbound]
-            arg = inputs if isinstance(layer, spiking.SpikingAdd) else inputs[0]
-            if not _is_temporal(layer):  # static: runs once, on the analog input, at step 0
-                values[name] = layer(arg) if first else None
-                new_states[name] = states[name]
-                continue
-            if isinstance(layer, spiking.ToTemporal):
-                if first:
-                    values[name] = arg
-                else:
-                    values[name] = tf.zeros(tf.concat([[batch], layer.input_shape[1:]], 0))
-                new_states[name] = states[name]
-                continue
-            values[name], new_states[name] = layer.step(arg, states[name], 0 if first else 1)
-            if isinstance(layer, spiking.IFNeurons):
-                out.update(self._stats(name, values[name], 1))
-            if name in self.fanouts:
-                out[f"sops/{name}"] = self._sops(name, arg, 1)
-        out["logits"] = values[self.integrate.name]
+        out = {"logits": values[self.program.integrate.name]}
+        for layer in self.neuron_layers:
+            out.update(self._stats(layer.name, values[layer.name], 1))
+        for layer in self.synapses:
+            inputs = self._inputs_of(values, layer.name)
+            if inputs is None:  # nothing arrived: no operation
+                out[f"sops/{layer.name}"] = tf.zeros([batch], tf.float32)
+            else:
+                out[f"sops/{layer.name}"] = self._sops(layer.name, inputs, 1)
         return out, new_states
 
 
-def _program(snn: keras.Model, timesteps: int, jit_compile: bool) -> _Program:
+def _simulator(snn: keras.Model, timesteps: int, jit_compile: bool) -> _Simulator:
     cache = snn.__dict__.setdefault("_qffs_programs", {})
     key = (timesteps, jit_compile)
     if key not in cache:
         model = with_timesteps(snn, timesteps)
-        cache[key] = _Program(model, jit_compile)
+        cache[key] = _Simulator(model, jit_compile)
     return cache[key]
 
 
-def _run_stepwise(program: _Program, x: tf.Tensor, steps: int, early_exit: bool):
+def _run_stepwise(program: _Simulator, x: tf.Tensor, steps: int, early_exit: bool):
     """Step through the window; with early exit, a sample leaves the batch once it is quiet.
 
-    A sample is quiet after a step in which none of its neurons spiked: nothing arrives after
-    step 0 but spikes, so its state, and its logits, cannot change any more.
+    A sample is quiet after a step in which none of its neurons spiked: with the "once"
+    input coding nothing arrives after step 0 but spikes, so its state, and its logits,
+    cannot change any more.
     Returns per-step statistics for the whole batch, final counts, steps run, and how many
     samples were computed at each step.
     """
@@ -243,8 +207,8 @@ def _run_stepwise(program: _Program, x: tf.Tensor, steps: int, early_exit: bool)
     records: dict[str, list[np.ndarray]] = {}
     last: dict[str, np.ndarray] = {}  # per key, the latest full-batch values
     counts = {
-        layer.name: np.zeros((batch, *layer.cell.neuron_shape), np.float32)
-        for layer in program.if_layers
+        layer.name: np.zeros((batch, *layer.neuron_shape), np.float32)
+        for layer in program.neuron_layers
     }
     active_per_step = []
     for t in range(steps):
@@ -265,8 +229,8 @@ def _run_stepwise(program: _Program, x: tf.Tensor, steps: int, early_exit: bool)
             full[active] = value
             last[key] = full
             records.setdefault(key, []).append(full)
-        for layer in program.if_layers:
-            counts[layer.name][active] = states[layer.name][1].numpy()
+        for layer in program.neuron_layers:
+            counts[layer.name][active] = layer.count(states[layer.name]).numpy()
         if early_exit and silent.any() and t + 1 < steps:
             keep = np.flatnonzero(~silent)
             active = active[keep]
@@ -331,35 +295,41 @@ def simulate(
         raise QFFSError(f"mode must be one of {MODES}, got {mode!r}")
     if early_exit and mode != "stepwise":
         raise QFFSError("early_exit needs mode='stepwise' (layerwise runs all steps at once)")
-    steps = timesteps_of(snn) if timesteps is None else int(timesteps)
-    if steps < 1:
-        raise QFFSError(f"timesteps must be at least 1, got {timesteps}")
+    steps = timesteps_of(snn) if timesteps is None else check_timesteps(timesteps)
     x = _check_input(snn, x)
-    program = _program(snn, steps, jit_compile)
+    program = _simulator(snn, steps, jit_compile)
+    if early_exit and program.program.constant_input:
+        raise InvalidArgumentError(
+            "early_exit needs the 'once' input coding: with a constant input current (rate "
+            "coding) a silent step does not mean the sample is done; use early_exit=False."
+        )
     batch = int(x.shape[0])
     if mode == "layerwise":
         out = {key: value.numpy() for key, value in program.layerwise(x).items()}
         steps_run = steps
-        counts = {layer.name: out[f"count/{layer.name}"] for layer in program.if_layers}
+        counts = {layer.name: out[f"count/{layer.name}"] for layer in program.neuron_layers}
         active_per_step = [batch] * steps
         logits = out["logits"]
     else:
         out, counts, steps_run, active_per_step = _run_stepwise(program, x, steps, early_exit)
         logits = out["logits"]
-    positive = {layer.name: out[f"pos/{layer.name}"] for layer in program.if_layers}
-    negative = {layer.name: out[f"neg/{layer.name}"] for layer in program.if_layers}
+    positive = {layer.name: out[f"pos/{layer.name}"] for layer in program.neuron_layers}
+    negative = {layer.name: out[f"neg/{layer.name}"] for layer in program.neuron_layers}
     result = SimulationResult(
         logits=logits,
         positive_spikes=positive,
         negative_spikes=negative,
         synaptic_ops={layer.name: out[f"sops/{layer.name}"] for layer in program.synapses},
         counts=counts,
-        neurons={layer.name: int(np.prod(layer.cell.neuron_shape)) for layer in program.if_layers},
+        neurons={layer.name: int(np.prod(layer.neuron_shape)) for layer in program.neuron_layers},
         quiet_step=np.zeros(batch, np.int64),
         input_macs=program.input_macs,
         timesteps=steps,
         steps_run=steps_run,
         active_per_step=active_per_step,
     )
-    result.quiet_step = _quiet_steps(result.spikes_per_step(), steps)
+    if program.program.constant_input:  # a constant current can always make another spike
+        result.quiet_step = np.full(batch, -1, np.int64)
+    else:
+        result.quiet_step = _quiet_steps(result.spikes_per_step(), steps)
     return result

@@ -13,7 +13,7 @@ import numpy as np
 
 from qffs_tf._keras import keras
 from qffs_tf.simulation import SimulationResult, simulate
-from qffs_tf.snn import layers as spiking
+from qffs_tf.snn.neuron_layer import SpikingNeurons
 
 
 @dataclasses.dataclass
@@ -80,7 +80,7 @@ def first_full_agreement_step(agreement_per_step: list[float]) -> int | None:
 
 
 def snn_counts_in_qann_units(
-    layer: spiking.IFNeurons, counts: np.ndarray, snn: keras.Model
+    layer: SpikingNeurons, counts: np.ndarray, snn: keras.Model
 ) -> np.ndarray:
     """An IF layer's final counts, shaped like the QANN activation it replaced.
 
@@ -117,10 +117,10 @@ def verify(
 ) -> VerificationReport:
     """Compare the SNN with the QANN on images `x`, neuron by neuron and step by step."""
     result = simulate(snn, x, timesteps=timesteps, mode=mode)
-    if_layers = [layer for layer in snn.layers if isinstance(layer, spiking.IFNeurons)]
+    if_layers = [layer for layer in snn.layers if isinstance(layer, SpikingNeurons)]
     sources = [layer.source for layer in if_layers]
     expected, qann_logits = qann_integer_activations(
-        qat_model, x, sources, [layer.threshold for layer in if_layers]
+        qat_model, x, sources, [layer.step_size for layer in if_layers]
     )
     checks = []
     for layer, want in zip(if_layers, expected, strict=True):

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from qffs_tf._keras import tf
-from qffs_tf.snn import layers as spiking
+from qffs_tf.snn import NeuronCell
 
 
 def run_cell(charges: np.ndarray, levels: int, noise_suppression: bool, threshold=1.0):
     """Drive a batch of independent neurons with per-step charges (batch, T); final counts."""
-    cell = spiking.IFCell(threshold, levels, (1,), noise_suppression)
+    neuron = "qffs" if noise_suppression else "plain_if"
+    cell = NeuronCell(neuron, threshold, levels, (1,))
     membrane, count = cell.get_initial_state(batch_size=charges.shape[0], dtype=tf.float64)
     spikes = []
     for t in range(charges.shape[1]):

@@ -6,8 +6,9 @@ from the layers in `qffs_tf.snn`:
 - a BatchNormalization after a Conv/Dense folds into it; one after an activation folds into
   the next Dense or 'valid' conv; any other stays as a per-channel affine (still exact);
 - a MaxPooling2D directly before an activation moves behind it (quantizer and max commute);
-- each QFFS activation becomes a layer of IF neurons (threshold = learned step size);
-- the output layer integrates its charge, so logits at step t are the charge so far.
+- each QFFS activation becomes a layer of spiking neurons of the chosen neuron model;
+- the output layer integrates its charge, so logits at step t are the charge so far, and
+  the readout applies the model's head activation (softmax, ...) to them.
 """
 
 from __future__ import annotations
@@ -15,10 +16,16 @@ from __future__ import annotations
 from qffs_tf._keras import keras
 from qffs_tf.conversion.graph import Node
 from qffs_tf.conversion.rewrites import simplified_graph
+from qffs_tf.errors import ConversionError
 from qffs_tf.snn import layers as spiking
+from qffs_tf.snn.neuron_layer import NeuronCell, SpikingNeurons
+from qffs_tf.snn.neurons import get_neuron
+from qffs_tf.snn.timesteps import check_timesteps
 
 
-def _build_layer(node: Node, temporal: bool):
+def build_layer(node: Node, temporal: bool, constant_input: bool = False):
+    """The spiking (or, with temporal=False, static) layer of a linear or shape node, and
+    the weights to set once it is built (None for weightless layers)."""
     attrs = node.attrs
     if node.op == "linear":
         extra = {}
@@ -29,14 +36,19 @@ def _build_layer(node: Node, temporal: bool):
                 "dilation_rate": attrs["dilation_rate"],
             }
         layer = spiking.SpikingLinear(
-            attrs["kind"], attrs["kernel"].shape, temporal=temporal, name=node.name, **extra
+            attrs["kind"],
+            attrs["kernel"].shape,
+            temporal=temporal,
+            constant_input=constant_input,
+            name=node.name,
+            **extra,
         )
         return layer, [attrs["kernel"], attrs["bias"]]
     if node.op == "affine":
-        return spiking.SpikingAffine(temporal=temporal, name=node.name), [
-            attrs["scale"],
-            attrs["offset"],
-        ]
+        layer = spiking.SpikingAffine(
+            temporal=temporal, constant_input=constant_input, name=node.name
+        )
+        return layer, [attrs["scale"], attrs["offset"]]
     if node.op == "maxpool":
         return spiking.SpikingMaxPool2D(
             attrs["pool_size"],
@@ -50,13 +62,30 @@ def _build_layer(node: Node, temporal: bool):
         return spiking.SpikingShapeOp(
             attrs["op"], temporal=temporal, name=node.name, **options
         ), None
-    raise AssertionError(node.op)
+    if node.op == "add":
+        return spiking.SpikingAdd(temporal=temporal, name=node.name), None
+    raise ConversionError(f"Node '{node.name}' has op '{node.op}', which no layer implements.")
 
 
-def build_snn(
-    nodes: list[Node], output: str, timesteps: int, noise_suppression: bool
-) -> keras.Model:
-    """Assemble the spiking Keras model from simplified nodes."""
+def build_snn(nodes: list[Node], output: str, timesteps: int, neuron="qffs") -> keras.Model:
+    """Assemble the spiking Keras model from simplified nodes.
+
+    Parameters
+    ----------
+    nodes, output
+        From `simplified_graph`.
+    timesteps : int
+        Window length T.
+    neuron : str or NeuronModel
+        The neuron model every activation becomes.
+
+    Returns
+    -------
+    tf_keras.Model
+        Image in, the readout after T steps out.
+    """
+    model = get_neuron(neuron)
+    constant_input = model.input_coding == "constant"
     tensors: dict[str, tuple[object, bool]] = {}  # name -> (tensor, is temporal)
     model_input = None
 
@@ -64,26 +93,34 @@ def build_snn(
         tensor, is_temporal = tensors[name]
         if is_temporal:
             return tensor
-        lifted = spiking.ToTemporal(timesteps, name=f"{name}_at_step0")(tensor)
+        suffix = "every_step" if constant_input else "at_step0"
+        lifted = spiking.ToTemporal(
+            timesteps, constant_input=constant_input, name=f"{name}_{suffix}"
+        )(tensor)
         tensors[name] = (lifted, True)
         return lifted
 
+    head = "linear"
     for node in nodes:
         if node.op == "input":
             model_input = keras.Input(node.attrs["shape"], name=node.name)
             tensors[node.name] = (model_input, False)
             continue
+        if node.op == "head":
+            head = node.attrs["activation"]
+            tensors[node.name] = tensors[node.inputs[0]]
+            continue
         in_temporal = [tensors[name][1] for name in node.inputs]
         if node.op == "act":
             source = temporal_input(node.inputs[0])
-            cell = spiking.IFCell(
+            cell = NeuronCell(
+                model,
                 node.attrs["threshold"],
                 node.attrs["levels"],
                 source.shape[2:],
-                noise_suppression,
                 name=f"{node.name}_cell",
             )
-            layer = spiking.IFNeurons(
+            layer = SpikingNeurons(
                 cell,
                 source=node.attrs["source"],
                 pooled_by=node.attrs.get("pooled_by", ""),
@@ -91,38 +128,68 @@ def build_snn(
             )
             tensors[node.name] = (layer(source), True)
             continue
-        if node.op == "add":
-            if any(in_temporal):
-                inputs = [temporal_input(name) for name in node.inputs]
-            else:
-                inputs = [tensors[name][0] for name in node.inputs]
-            layer = spiking.SpikingAdd(temporal=any(in_temporal), name=node.name)
-            tensors[node.name] = (layer(inputs), any(in_temporal))
-            continue
-        temporal = in_temporal[0]
-        layer, weights = _build_layer(node, temporal)
-        tensors[node.name] = (layer(tensors[node.inputs[0]][0]), temporal)
+        temporal = any(in_temporal)
+        if temporal:
+            inputs = [temporal_input(name) for name in node.inputs]
+        else:
+            inputs = [tensors[name][0] for name in node.inputs]
+        layer, weights = build_layer(node, temporal, constant_input)
+        tensors[node.name] = (layer(inputs if len(inputs) > 1 else inputs[0]), temporal)
         if weights is not None:
             layer.set_weights(weights)
     charges = temporal_input(output)
-    logits = spiking.Integrate(name=f"{output}_integrate")(charges)
-    final = spiking.FinalStep(name=f"{output}_final")(logits)
+    logits = spiking.Integrate(mean=constant_input, name=f"{output}_integrate")(charges)
+    final = spiking.Readout(head, name=f"{output}_readout")(logits)
     return keras.Model(model_input, final, name="snn")
 
 
 def convert(
     qat_model: keras.Model,
     timesteps: int = 8,
-    noise_suppression: bool = True,
+    neuron="qffs",
+    *,
+    noise_suppression: bool | None = None,
 ) -> keras.Model:
     """Convert a QFFS QAT model into a spiking tf_keras Model.
 
-    The SNN takes the same images as the QAT model and returns the logits after `timesteps`
-    steps (`snn.predict(x)`); `qffs_tf.simulate` gives them at every step. With
-    `noise_suppression=False` the neurons emit no negative spikes (plain IF), to measure the
-    'occasional noise' QFFS removes.
+    The SNN takes the same images as the QAT model and returns, after `timesteps` steps, what
+    the QAT model returns (logits, or probabilities for a softmax head): `snn.predict(x)`.
+    `qffs_tf.simulate` gives the logits at every step.
+
+    Parameters
+    ----------
+    qat_model : tf_keras.Model
+        A model quantized with `qffs_tf.quantize_model` (or built with `QuantReLU`), trained.
+    timesteps : int
+        Window length T (1 to 100,000).
+    neuron : str or NeuronModel
+        "qffs" (negative spikes and a cap: exact), "plain_if" (no negative spikes: the
+        same-coding ablation), "rate" (conventional rate coding: the baseline), another
+        registered name, or a `qffs_tf.snn.NeuronModel` instance.
+    noise_suppression : bool, optional
+        Older spelling: False means neuron="plain_if", True means neuron="qffs".
+
+    Returns
+    -------
+    tf_keras.Model
+        The SNN.
+
+    Raises
+    ------
+    ConversionError
+        A layer or topology the conversion cannot carry (the message names it and the fix),
+        or an unknown neuron model.
+    InvalidArgumentError
+        A bad `timesteps`.
+
+    Example
+    -------
+    >>> snn = qffs_tf.convert(qat_model, timesteps=8)
+    >>> logits = snn.predict(x_test)
     """
-    if isinstance(timesteps, bool) or int(timesteps) != timesteps or timesteps < 1:
-        raise ValueError(f"timesteps must be a whole number >= 1, got {timesteps!r}")
+    timesteps = check_timesteps(timesteps)
+    if noise_suppression is not None:
+        neuron = "qffs" if noise_suppression else "plain_if"
+    model = get_neuron(neuron)
     nodes, output = simplified_graph(qat_model)
-    return build_snn(nodes, output, int(timesteps), bool(noise_suppression))
+    return build_snn(nodes, output, timesteps, model)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -28,12 +27,12 @@ from typing import Any
 import numpy as np
 
 from qffs_tf._keras import keras, tf
-from qffs_tf.conversion import Node, simplified_graph
+from qffs_tf.conversion.qann import folded_qann
 from qffs_tf.errors import ConversionError, ExportError, QFFSError
 from qffs_tf.io_utils import atomic_path
-from qffs_tf.simulation import layer_graph
-from qffs_tf.snn import layers as spiking
-from qffs_tf.snn.timesteps import timesteps_of
+from qffs_tf.snn.layers import ToTemporal
+from qffs_tf.snn.program import Program
+from qffs_tf.snn.timesteps import check_timesteps, timesteps_of
 
 __all__ = ["KINDS", "ExportResult", "export_tflite", "operator_names", "check_builtin_only"]
 
@@ -60,257 +59,62 @@ class ExportResult:
         return dataclasses.asdict(self)
 
 
-# --------------------------------------------------------------------------- QANN from the IR
+# --------------------------------------------------------------------------- the programs
 
 
 def _is_snn(model: keras.Model) -> bool:
-    return any(isinstance(layer, spiking.ToTemporal) for layer in model.layers)
+    return any(isinstance(layer, ToTemporal) for layer in model.layers)
 
 
-def _quantizer_float(x: tf.Tensor, attrs: dict) -> tf.Tensor:
-    """q = clip(floor(x/s + 1/2), 0, L), a = s*q: the QAT forward pass, with a constant s."""
-    step = np.float32(max(attrs["threshold"], 1e-8))
-    level = tf.clip_by_value(tf.floor(x / step + 0.5), 0.0, float(attrs["levels"]))
-    return level * step
-
-
-def _quantizer_int8(x: tf.Tensor, attrs: dict) -> tf.Tensor:
-    """The int8 file's activation: ReLU clipped at L*s, calibrated to 8 bits.
-
-    The clip range of the QANN is kept, but its b-bit rounding is replaced by the int8 grid of
-    the calibrated tensor (no int8 FLOOR kernel exists, and an 8-bit FakeQuant of step s mixed
-    with calibration was not honoured by the converter), so the int8 file approximates the QANN
-    rather than reproducing it bit for bit; its accuracy is measured, not assumed.
-    """
-    return tf.minimum(tf.nn.relu(x), float(attrs["levels"] * max(attrs["threshold"], 1e-8)))
-
-
-def _linear(x: tf.Tensor, attrs: dict) -> tf.Tensor:
-    kernel = tf.constant(attrs["kernel"])
-    kind = attrs["kind"]
-    if kind == "dense":
-        y = _dense(x, kernel)
-    elif kind == "conv2d":
-        y = tf.nn.conv2d(
-            x,
-            kernel,
-            attrs["strides"],
-            attrs["padding"].upper(),
-            dilations=attrs["dilation_rate"],
-        )
-    else:
-        y = tf.nn.depthwise_conv2d(
-            x,
-            kernel,
-            (1, *attrs["strides"], 1),
-            attrs["padding"].upper(),
-            dilations=attrs["dilation_rate"],
-        )
-    return y + tf.constant(attrs["bias"])
-
-
-def _dense(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """Dense on the last axis; a plain MatMul (FULLY_CONNECTED) for rank-2 inputs, so that a
-    dynamic batch needs no shape arithmetic in the TFLite graph."""
-    if x.shape.rank == 2:
-        return tf.matmul(x, kernel)
-    return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
-
-
-def _sum(values: list[tf.Tensor]) -> tf.Tensor:
-    """Pairwise ADDs (int8-capable in TFLite, unlike ADD_N)."""
-    return functools.reduce(tf.add, values)
-
-
-def _shape_op(x: tf.Tensor, attrs: dict) -> tf.Tensor:
-    op = attrs["op"]
-    if op == "flatten":
-        return tf.reshape(x, [-1, x.shape[1:].num_elements()])
-    if op == "average_pooling2d":
-        return tf.nn.avg_pool2d(x, attrs["pool_size"], attrs["strides"], attrs["padding"].upper())
-    if op == "global_average_pooling2d":
-        return tf.reduce_mean(x, axis=[1, 2])
-    pad = attrs["pad_width"]
-    return tf.pad(x, [[0, 0], list(pad[0]), list(pad[1]), [0, 0]])
-
-
-def _qann_forward(nodes: list[Node], output: str, x: tf.Tensor, quantizer) -> tf.Tensor:
-    """Evaluate the simplified node list on a batch of images."""
-    values: dict[str, tf.Tensor] = {}
-    for node in nodes:
-        a = node.attrs
-        if node.op == "input":
-            values[node.name] = x
-            continue
-        inputs = [values[name] for name in node.inputs]
-        if node.op == "linear":
-            y = _linear(inputs[0], a)
-        elif node.op == "affine":
-            y = inputs[0] * tf.constant(a["scale"]) + tf.constant(a["offset"])
-        elif node.op == "act":
-            y = quantizer(inputs[0], a)
-        elif node.op == "maxpool":
-            y = tf.nn.max_pool2d(inputs[0], a["pool_size"], a["strides"], a["padding"].upper())
-        elif node.op == "shape":
-            y = _shape_op(inputs[0], a)
-        elif node.op == "add":
-            y = _sum(inputs)
-        else:
-            raise ExportError(f"Node '{node.name}' has op '{node.op}', which export cannot build.")
-        values[node.name] = y
-    return values[output]
-
-
-def _qann_nodes(model: keras.Model) -> tuple[list[Node], str, tuple[int, ...]]:
+def _qann_function(model: keras.Model, activation: str):
+    """The folded QANN (converter's graph, BatchNorm folded, constant steps) as a function."""
     if _is_snn(model):
         raise ExportError(
             "The QANN kinds (qann_float, qann_int8) need the QAT model (qat_model.keras), "
             "not the converted SNN."
         )
     try:
-        nodes, output = simplified_graph(model)
+        qann = folded_qann(model, activation)
     except ConversionError as error:
         raise ExportError(f"Cannot export this model: {error}") from None
-    shape = next(node.attrs["shape"] for node in nodes if node.op == "input")
-    return nodes, output, tuple(int(d) for d in shape)
-
-
-def _qann_function(model: keras.Model, quantizer) -> tuple[Any, tuple[int, ...]]:
-    nodes, output, shape = _qann_nodes(model)
+    shape = tuple(int(d) for d in qann.input_shape[1:])
 
     @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="image")])
-    def qann(image):
-        return {"logits": _qann_forward(nodes, output, image, quantizer)}
+    def function(image):
+        return {"logits": qann(image, training=False)}
 
-    return qann, shape
-
-
-# --------------------------------------------------------------------------- SNN, step by step
+    return function, shape, qann
 
 
-def _stateful(layer) -> bool:
-    return isinstance(layer, spiking.IFNeurons | spiking.SpikingMaxPool2D | spiking.Integrate)
-
-
-def _initial_state(graph, batch) -> dict[str, list[tf.Tensor]]:
-    return {layer.name: list(layer.initial_state(batch)) for layer, _ in graph if _stateful(layer)}
-
-
-def _static(layer, x: tf.Tensor) -> tf.Tensor:
-    """A layer that acts on the analog image (before the first neurons), once."""
-    if isinstance(layer, spiking.SpikingLinear) and layer.kind == "dense":
-        return _dense(x, layer.kernel) + layer.bias
-    if isinstance(layer, spiking.SpikingShapeOp):
-        if layer.op == "flatten":  # a constant target shape: no shape arithmetic in TFLite
-            return tf.reshape(x, [-1, x.shape[1:].num_elements()])
-        return layer.apply(x)
-    return layer(x)
-
-
-def _if_update_arithmetic(inputs, membrane, count, cell: spiking.IFCell):
-    """The IF rule of `spiking.IFCell` with floor/min/max instead of comparisons.
-
-    Same numbers: [v >= theta] = clip(floor(v - theta) + 1, 0, 1) (v - theta >= 0 exactly when
-    v >= theta in IEEE arithmetic), [v < 0] = clip(-floor(v), 0, 1), and for the integer count
-    [n < L] = clip(L - n, 0, 1), [n > 0] = clip(n, 0, 1). XNNPACK runs these ops; it does not
-    run TFLite's comparison and logical ops, which made the neurons the SNN's bottleneck.
-    """
-    theta = tf.constant(cell.threshold, inputs.dtype)
-    membrane = membrane + inputs
-
-    def indicator(value):
-        return tf.minimum(tf.maximum(value, 0.0), 1.0)
-
-    spikes = indicator(tf.floor(membrane - theta) + 1.0) * indicator(cell.levels - count)
-    if cell.noise_suppression:
-        spikes -= indicator(-tf.floor(membrane)) * indicator(count)
-    amplitude = spikes * theta
-    return amplitude, [membrane - amplitude, count + spikes]
-
-
-def _snn_step(graph, x, states, first):
-    """One SNN time step: (logits so far, new states, spikes per sample in this step).
-
-    `first` is a Python bool (unrolled window: values known to be zero are skipped, as None)
-    or a float32 scalar tensor, 1 at step 0 and 0 afterwards (streaming model: the image and
-    the biases are masked, with no control flow).
-    """
-    dynamic = isinstance(first, tf.Tensor)
-    values, new_states = {}, dict(states)
-    spikes = None
-    logits = None
-    for layer, inbound in graph:
-        name = layer.name
-        if isinstance(layer, keras.layers.InputLayer):
-            values[name] = x
-            continue
-        inputs = [values[i] for i in inbound]
-        arg = inputs[0]
-        if isinstance(layer, spiking.ToTemporal):
-            values[name] = arg * first if dynamic else (arg if first else None)
-        elif isinstance(layer, spiking.SpikingAdd):
-            present = [value for value in inputs if value is not None]
-            values[name] = _sum(present) if present else None
-        elif not getattr(layer, "temporal", False):  # static layer: runs on the image only
-            values[name] = _static(layer, arg) if (dynamic or first) else None
-        elif arg is None and not isinstance(layer, spiking.IFNeurons):
-            values[name] = None  # linear ops, max-pool of unchanged counts, unchanged logits
-        elif isinstance(layer, spiking.SpikingLinear):
-            bias = layer.bias * first if dynamic else (layer.bias if first else None)
-            y = _dense(arg, layer.kernel) if layer.kind == "dense" else layer.linear(arg)
-            values[name] = y if bias is None else y + bias
-        elif isinstance(layer, spiking.SpikingAffine):
-            y = arg * layer.scale
-            values[name] = (
-                y + layer.offset * first if dynamic else (y + layer.offset if first else y)
-            )
-        elif isinstance(layer, spiking.IFNeurons):
-            membrane, count = states[name]
-            current = tf.zeros_like(membrane) if arg is None else arg
-            out, new_states[name] = _if_update_arithmetic(current, membrane, count, layer.cell)
-            fired = tf.reduce_sum(
-                tf.cast(tf.not_equal(out, 0.0), tf.int32),
-                axis=list(range(1, out.shape.rank)),
-            )
-            spikes = fired if spikes is None else spikes + fired
-            values[name] = out
-        elif isinstance(layer, spiking.Integrate | spiking.SpikingMaxPool2D):
-            values[name], new_states[name] = layer.step(arg, states[name], 0)
-        elif isinstance(layer, spiking.SpikingShapeOp):
-            values[name] = _static(layer, arg)
-        else:  # FinalStep
-            values[name], _ = layer.step(arg, [], 0)
-        if isinstance(layer, spiking.Integrate):
-            logits = values[name] if values[name] is not None else states[name][0]
-            values[name] = logits
-    if logits is None:
-        raise ExportError("The SNN has no Integrate layer; export a model made by qffs_tf.convert.")
-    if spikes is None:
-        spikes = tf.zeros(tf.shape(logits)[:1], tf.int32)
-    return logits, new_states, spikes
-
-
-def _snn_input_shape(snn: keras.Model) -> tuple[int, ...]:
-    return tuple(int(d) for d in snn.input_shape[1:])
+def _spike_total(program: Program, values: dict) -> tf.Tensor:
+    """Spikes (of both signs) per sample in one step, over every neuron layer."""
+    total = None
+    for layer in program.neuron_layers:
+        out = values[layer.name]
+        fired = tf.reduce_sum(
+            tf.cast(tf.not_equal(out, 0.0), tf.int32), list(range(1, out.shape.rank))
+        )
+        total = fired if total is None else total + fired
+    return total
 
 
 def _snn_full_function(snn: keras.Model, timesteps: int):
-    graph = layer_graph(snn)
-    shape = _snn_input_shape(snn)
-
+    """Image in, readout after `timesteps` steps out: the program's step, unrolled."""
+    program = Program(snn)
+    shape = program.input_shape
     # Batch-1 constants that broadcast against the first step's inputs: no shape ops in TFLite.
     initial = {
         name: [tf.constant(np.asarray(value)) for value in values]
-        for name, values in _initial_state(graph, 1).items()
+        for name, values in program.initial_state(1).items()
     }
 
     @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="image")])
     def snn_full(image):
-        states = dict(initial)
-        logits = None
+        state = dict(initial)
+        values = None
         for t in range(timesteps):
-            logits, states, _ = _snn_step(graph, image, states, t == 0)
-        return {"logits": logits}
+            values, state = program.step(image, state, t == 0, arithmetic=True)
+        return {"logits": values[program.readout.name]}
 
     return snn_full
 
@@ -323,16 +127,16 @@ class _Untracked:
 
 
 class _StreamingSNN(tf.Module):
-    """The SNN's state in variables, with `reset` and `step` functions to export."""
+    """The program's state in variables, with `reset` and `step` functions to export."""
 
     def __init__(self, snn: keras.Model, batch_size: int):
         super().__init__(name="snn_step")
-        self._layers = _Untracked(layer_graph(snn))  # the weights are tracked, not the layers
+        self._program = _Untracked(Program(snn))  # the weights are tracked, not the layers
         self.weights = list(snn.weights)
-        self.shape = _snn_input_shape(snn)
+        self.shape = self._program.value.input_shape
         self.initial = {
             name: [np.asarray(value) for value in values]
-            for name, values in _initial_state(self._layers.value, batch_size).items()
+            for name, values in self._program.value.initial_state(batch_size).items()
         }
         self.state = {
             name: [
@@ -362,16 +166,24 @@ class _StreamingSNN(tf.Module):
         return {"step": tf.identity(self.t.read_value())}
 
     def _step_fn(self, image):
+        program = self._program.value
         first = tf.cast(tf.equal(self.t, 0), tf.float32)
-        states = {
+        state = {
             name: [v.read_value() for v in variables] for name, variables in self.state.items()
         }
-        logits, new_states, spikes = _snn_step(self._layers.value, image, states, first)
+        values, new_state = program.step(image, state, first, arithmetic=True)
         for name, variables in self.state.items():
-            for variable, value in zip(variables, new_states[name], strict=True):
+            for variable, value in zip(variables, new_state[name], strict=True):
                 variable.assign(value)
         step = self.t.assign_add(1)
-        return {"logits": tf.identity(logits), "spikes": spikes, "step": tf.identity(step)}
+        spikes = _spike_total(program, values)
+        if spikes is None:
+            spikes = tf.zeros([tf.shape(image)[0]], tf.int32)
+        return {
+            "logits": tf.identity(values[program.readout.name]),
+            "spikes": spikes,
+            "step": tf.identity(step),
+        }
 
 
 # --------------------------------------------------------------------------- conversion
@@ -551,20 +363,18 @@ def export_tflite(
     _check_kind(kind)
     _check_model(model, kind)
     started = time.perf_counter()
-    if timesteps is not None and (
-        isinstance(timesteps, bool) or int(timesteps) != timesteps or timesteps < 1
-    ):
-        raise ExportError(f"timesteps must be a whole number >= 1, got {timesteps!r}.")
+    if timesteps is not None:
+        timesteps = check_timesteps(timesteps)
     batch = _batch_option(batch_size, 1 if kind == "snn_step" else None)
     steps = None
     signatures = ["serving_default"]
     try:
         with _converter_errors(kind):
             if kind == "qann_float":
-                function, shape = _qann_function(model, _quantizer_float)
+                function, shape, _ = _qann_function(model, "quantize")
                 content = _convert(kind, [_fixed_batch(function, shape, batch)])
             elif kind == "qann_int8":
-                function, shape = _qann_function(model, _quantizer_int8)
+                function, shape, _ = _qann_function(model, "relu_clip")
                 batches = _calibration_batches(representative_data, shape, calibration_samples)
 
                 def int8(converter):
@@ -581,7 +391,7 @@ def export_tflite(
                 snn = _snn_for(model, timesteps)
                 steps = int(timesteps or timesteps_of(snn))
                 function = _snn_full_function(snn, steps)
-                shape = _snn_input_shape(snn)
+                shape = Program(snn).input_shape
                 owner = tf.Module()
                 owner.weights = list(snn.weights)  # not the Keras model: saving would trace it
                 content = _convert(kind, [_fixed_batch(function, shape, batch)], owner)

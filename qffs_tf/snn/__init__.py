@@ -1,7 +1,54 @@
-"""The SNN engine: spiking layers, neuron models and the one step program over the graph."""
+"""The SNN engine: spiking layers, neuron models, and the one step program over the graph.
 
-from qffs_tf.snn import layers
-from qffs_tf.snn.layers import custom_objects
-from qffs_tf.snn.timesteps import timesteps_of, with_timesteps
+- `base`: the interface every spiking layer implements (`call`, `initial_state`, `step`);
+- `layers`: input coding, linear ops, pooling, the output integrator and readout;
+- `neurons/`: neuron models, one per file, registered by name ("qffs", "plain_if", "rate");
+- `neuron_layer`: the Keras RNN layer that runs a neuron model;
+- `program`: the SNN's layer graph and the one step function that simulation and both
+  TFLite programs run;
+- `timesteps`: the window length of an SNN.
+"""
 
-__all__ = ["custom_objects", "layers", "timesteps_of", "with_timesteps"]
+from qffs_tf.snn import layers, neurons
+from qffs_tf.snn.base import SpikingLayer
+from qffs_tf.snn.layers import (
+    Integrate,
+    Readout,
+    SpikingAdd,
+    SpikingAffine,
+    SpikingLinear,
+    SpikingMaxPool2D,
+    SpikingShapeOp,
+    ToTemporal,
+)
+from qffs_tf.snn.neuron_layer import NeuronCell, SpikingNeurons
+from qffs_tf.snn.neurons import NeuronModel, get_neuron, neuron_names, register_neuron
+from qffs_tf.snn.program import Program, layer_graph
+from qffs_tf.snn.registry import custom_objects
+from qffs_tf.snn.timesteps import check_timesteps, timesteps_of, with_timesteps
+
+__all__ = [
+    "Integrate",
+    "NeuronCell",
+    "NeuronModel",
+    "Program",
+    "Readout",
+    "SpikingAdd",
+    "SpikingAffine",
+    "SpikingLayer",
+    "SpikingLinear",
+    "SpikingMaxPool2D",
+    "SpikingNeurons",
+    "SpikingShapeOp",
+    "ToTemporal",
+    "check_timesteps",
+    "custom_objects",
+    "get_neuron",
+    "layer_graph",
+    "layers",
+    "neuron_names",
+    "neurons",
+    "register_neuron",
+    "timesteps_of",
+    "with_timesteps",
+]

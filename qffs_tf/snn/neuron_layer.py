@@ -1,0 +1,176 @@
+"""The layer of spiking neurons that replaces one QANN activation.
+
+`SpikingNeurons` is a `tf_keras.layers.RNN` over the time axis of a `NeuronCell`; the cell
+holds a neuron model (`qffs_tf.snn.neurons`) and the QANN activation's step size and level
+count. Every path, the Keras RNN loop, the fused window for short windows, one step of the
+simulator and the TFLite programs, runs the neuron model's own `update`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from qffs_tf._keras import keras, tf
+from qffs_tf.snn.base import MAX_UNROLLED_STEPS, SpikingLayer
+from qffs_tf.snn.neurons import get_neuron, serialize_neuron
+
+_WINDOWS: dict[tuple, object] = {}
+
+
+def _window_function(neuron, arithmetic: bool):
+    """The neuron's rule unrolled over a short window, compiled once per model into one XLA
+    cluster (several times faster on CPU than the generic RNN loop; the same operations)."""
+    key = (type(neuron), json.dumps(neuron.get_config(), sort_keys=True), arithmetic)
+    if key not in _WINDOWS:
+
+        def window(inputs, state, threshold, levels):
+            outputs = []
+            for t in range(inputs.shape[1]):
+                spikes, state = neuron.update(inputs[:, t], state, threshold, levels, arithmetic)
+                outputs.append(spikes * threshold)
+            return tf.stack(outputs, axis=1)
+
+        _WINDOWS[key] = tf.function(window, jit_compile=True)
+    return _WINDOWS[key]
+
+
+@keras.utils.register_keras_serializable(package="qffs_tf")
+class NeuronCell(keras.layers.Layer):
+    """Spiking neurons of one neuron model, as a Keras RNN cell.
+
+    The output at each step is the spike (in {-1, 0, +1}) times the threshold, so the next
+    layer's weights need no rescaling and residual sums stay in the QANN's units.
+
+    Parameters
+    ----------
+    neuron : str, NeuronModel or dict
+        The neuron model (a registered name, an instance, or its serialized form).
+    step_size : float
+        The QANN activation's step size s.
+    levels : int
+        L = 2^b - 1, the QANN's top level.
+    neuron_shape : tuple of int
+        Shape of one sample's neurons.
+
+    Example
+    -------
+    >>> cell = NeuronCell("qffs", step_size=0.5, levels=3, neuron_shape=(4,))
+    >>> layer = SpikingNeurons(cell)
+    """
+
+    def __init__(self, neuron, step_size: float, levels: int, neuron_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.neuron = get_neuron(neuron)
+        self.step_size = float(step_size)
+        self.levels = int(levels)
+        self.neuron_shape = tuple(int(d) for d in neuron_shape)
+        self.threshold = float(self.neuron.threshold(self.step_size, self.levels))
+        shape = tf.TensorShape(self.neuron_shape)
+        self.state_size = [shape] * len(self.neuron.state_names)
+        self.output_size = shape
+
+    def get_initial_state(self, inputs=None, batch_size=None, dtype=None):
+        dtype = dtype or tf.float32
+        shape = tf.concat([[batch_size], self.neuron_shape], 0)
+        return self.neuron.initial_state(shape, self.threshold, self.levels, dtype)
+
+    def update(self, inputs, states, arithmetic: bool = False):
+        """One step of the neuron model: (spikes times threshold, new states)."""
+        spikes, states = self.neuron.update(
+            inputs, list(states), self.threshold, self.levels, arithmetic
+        )
+        return spikes * tf.cast(self.threshold, inputs.dtype), states
+
+    def call(self, inputs, states):
+        return self.update(inputs, states)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "neuron": serialize_neuron(self.neuron),
+            "step_size": self.step_size,
+            "levels": self.levels,
+            "neuron_shape": list(self.neuron_shape),
+        }
+
+
+@keras.utils.register_keras_serializable(package="qffs_tf")
+class SpikingNeurons(SpikingLayer, keras.layers.RNN):
+    """A layer of spiking neurons: `tf_keras.layers.RNN` over the time axis of a NeuronCell.
+
+    Parameters
+    ----------
+    cell : NeuronCell or dict
+        The cell (or its serialized form).
+    source : str
+        Name of the QANN activation layer this layer replaces.
+    pooled_by : str
+        Name of the max-pool the converter moved behind these neurons, if any, so that
+        verification compares like with like.
+
+    Example
+    -------
+    >>> spikes = SpikingNeurons(NeuronCell("qffs", 0.5, 3, (4,)))(charges)  # (B, T, 4)
+    """
+
+    def __init__(self, cell, source: str = "", pooled_by: str = "", **kwargs):
+        if isinstance(cell, dict):
+            cell = keras.layers.deserialize(cell, custom_objects={"NeuronCell": NeuronCell})
+        kwargs.setdefault("return_sequences", True)
+        kwargs.pop("temporal", None)
+        super().__init__(cell, temporal=True, **kwargs)
+        self.source = source
+        self.pooled_by = pooled_by
+
+    @property
+    def neuron(self):
+        return self.cell.neuron
+
+    @property
+    def threshold(self) -> float:
+        """Firing threshold, which is also the amplitude of one spike."""
+        return self.cell.threshold
+
+    @property
+    def step_size(self) -> float:
+        """Step size s of the QANN activation this layer replaces."""
+        return self.cell.step_size
+
+    @property
+    def levels(self) -> int:
+        return self.cell.levels
+
+    @property
+    def neuron_shape(self) -> tuple[int, ...]:
+        return self.cell.neuron_shape
+
+    def call(self, inputs, mask=None, training=None, initial_state=None):
+        steps = inputs.shape[1]
+        if initial_state is not None or steps is None or steps > MAX_UNROLLED_STEPS:
+            return super().call(inputs, mask, training, initial_state)
+        state = self.initial_state(tf.shape(inputs)[0], inputs.dtype)
+        # Threshold and cap as tensors: layers of the same shape share one compiled window.
+        window = _window_function(self.neuron, arithmetic=False)
+        return window(
+            inputs,
+            state,
+            tf.constant(self.threshold, inputs.dtype),
+            tf.constant(self.levels, inputs.dtype),
+        )
+
+    def initial_state(self, batch_size, dtype=tf.float32):
+        return self.cell.get_initial_state(batch_size=batch_size, dtype=dtype)
+
+    def step(self, inputs, state, first, arithmetic: bool = False):
+        if inputs is None:
+            inputs = tf.zeros_like(state[0])
+        return self.cell.update(inputs, state, arithmetic)
+
+    def count(self, state) -> tf.Tensor:
+        """Net spike count held in a state returned by `step`."""
+        return self.neuron.count(state)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("temporal", None)
+        return {**config, "source": self.source, "pooled_by": self.pooled_by}

@@ -1,0 +1,59 @@
+"""The QFFS neuron: integrate-and-fire with negative spikes and a cap (QFFS.md section 3)."""
+
+from __future__ import annotations
+
+from qffs_tf._keras import tf
+from qffs_tf.snn.neurons.base import NeuronModel, indicator
+from qffs_tf.snn.neurons.registry import register_neuron
+
+
+@register_neuron
+class QFFSNeuron(NeuronModel):
+    """IF neuron with QFFS negative spikes and the count capped at L.
+
+    Threshold theta = step size s; membrane starts at theta/2; reset by subtraction. Per step:
+    v += input; if v >= theta and n < L: +1 spike; else if v < 0 and n > 0: -1 spike. Once the
+    inputs stop changing the net count is clip(floor(S/theta + 1/2), 0, L), the QANN level.
+
+    Example
+    -------
+    >>> snn = qffs_tf.convert(qat_model, timesteps=8, neuron="qffs")
+    """
+
+    name = "qffs"
+    negative_spikes = True
+
+    def update(self, current, state, threshold, levels, arithmetic: bool = False):
+        membrane, count = state
+        theta = tf.cast(threshold, current.dtype)
+        levels = tf.cast(levels, current.dtype)
+        membrane = membrane + current
+        if arithmetic:
+            # [v >= theta] = clip(floor(v - theta) + 1, 0, 1) (v - theta >= 0 exactly when
+            # v >= theta in IEEE arithmetic), [v < 0] = clip(-floor(v), 0, 1); counts are
+            # integers, so [n < L] = clip(L - n, 0, 1) and [n > 0] = clip(n, 0, 1).
+            spikes = indicator(tf.floor(membrane - theta) + 1.0) * indicator(levels - count)
+            if self.negative_spikes:
+                spikes -= indicator(-tf.floor(membrane)) * indicator(count)
+        else:
+            fire = tf.logical_and(membrane >= theta, count < levels)
+            spikes = tf.cast(fire, current.dtype)
+            if self.negative_spikes:  # v >= theta > 0 and v < 0 exclude each other
+                spikes -= tf.cast(tf.logical_and(membrane < 0, count > 0), current.dtype)
+        return spikes, [membrane - spikes * theta, count + spikes]
+
+
+@register_neuron
+class PlainIFNeuron(QFFSNeuron):
+    """The same-coding ablation: QFFS without negative spikes (the cap at L stays).
+
+    It keeps spikes fired on early positive charge that later negative charge should have
+    taken back, the 'occasional noise' QFFS removes (QFFS.md section 3).
+
+    Example
+    -------
+    >>> plain = qffs_tf.convert(qat_model, timesteps=8, neuron="plain_if")
+    """
+
+    name = "plain_if"
+    negative_spikes = False

@@ -1,0 +1,153 @@
+"""The SNN as one program: its layer graph, its state, the whole window and one step.
+
+`simulate` (layerwise and stepwise) and both TFLite programs (the unrolled full window and the
+streaming step) are built from `Program`; each layer's own `call` / `step` does the work, so
+the semantics live in the layers and neuron models and nowhere else.
+"""
+
+from __future__ import annotations
+
+from qffs_tf._keras import keras, tf
+from qffs_tf.errors import ConversionError
+from qffs_tf.snn.base import SpikingLayer
+from qffs_tf.snn.layers import Integrate, Readout, SpikingLinear, ToTemporal
+from qffs_tf.snn.neuron_layer import SpikingNeurons
+
+
+def layer_graph(snn: keras.Model) -> list[tuple[keras.layers.Layer, list[str]]]:
+    """(layer, names of its inputs) in topological order.
+
+    Parameters
+    ----------
+    snn : tf_keras.Model
+        A functional model (an SNN from `qffs_tf.convert`, or any single-call graph).
+
+    Returns
+    -------
+    list of (layer, list of str)
+
+    Example
+    -------
+    >>> [layer.name for layer, _ in layer_graph(snn)][:2]
+    ['image', 'conv1']
+    """
+    order = []
+    for entry in snn.get_config()["layers"]:
+        inbound = entry.get("inbound_nodes") or [[]]
+        order.append((snn.get_layer(entry["name"]), [item[0] for item in inbound[0]]))
+    return order
+
+
+def _is_temporal(layer) -> bool:
+    return bool(getattr(layer, "temporal", False))
+
+
+class Program:
+    """A converted SNN as a program over its layer graph.
+
+    Parameters
+    ----------
+    snn : tf_keras.Model
+        A model made by `qffs_tf.convert`.
+
+    Raises
+    ------
+    ConversionError
+        If `snn` is not a qffs_tf SNN (no Integrate or Readout layer).
+
+    Example
+    -------
+    >>> program = Program(snn)
+    >>> state = program.initial_state(batch_size=4)
+    >>> values, state = program.step(images, state, first=True)
+    >>> values[program.integrate.name]  # logits after step 1
+    """
+
+    def __init__(self, snn: keras.Model):
+        self.snn = snn
+        self.graph = layer_graph(snn)
+        layers = [layer for layer, _ in self.graph]
+        self.neuron_layers = [layer for layer in layers if isinstance(layer, SpikingNeurons)]
+        self.synapses = [
+            layer for layer in layers if isinstance(layer, SpikingLinear) and layer.temporal
+        ]
+        self.static_linears = [
+            layer for layer in layers if isinstance(layer, SpikingLinear) and not layer.temporal
+        ]
+        integrate = [layer for layer in layers if isinstance(layer, Integrate)]
+        readout = [layer for layer in layers if isinstance(layer, Readout)]
+        if not integrate or not readout:
+            raise ConversionError(
+                "This model is not a qffs_tf SNN (no Integrate / Readout layer); pass a model "
+                "made by qffs_tf.convert."
+            )
+        self.integrate = integrate[0]
+        self.readout = readout[0]
+        self.constant_input = any(
+            isinstance(layer, ToTemporal) and layer.constant_input for layer in layers
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.snn.input_shape[1:])
+
+    def initial_state(self, batch_size, dtype=tf.float32) -> dict[str, list[tf.Tensor]]:
+        """Every stateful layer's state before step 0 (layers without state are absent)."""
+        state = {}
+        for layer, _ in self.graph:
+            if isinstance(layer, SpikingLayer) and layer.temporal:
+                values = list(layer.initial_state(batch_size, dtype))
+                if values:
+                    state[layer.name] = values
+        return state
+
+    def window(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The whole window layer by layer: every layer's output (temporal ones (B, T, ...))."""
+        values = {}
+        for layer, inbound in self.graph:
+            if isinstance(layer, keras.layers.InputLayer):
+                values[layer.name] = x
+                continue
+            inputs = [values[name] for name in inbound]
+            values[layer.name] = layer(inputs if len(inputs) > 1 else inputs[0])
+        return values
+
+    def step(self, x, state: dict, first, arithmetic: bool = False):
+        """One time step over the graph.
+
+        Parameters
+        ----------
+        x : tf.Tensor
+            The analog input batch (read where the input coding needs it).
+        state : dict
+            From `initial_state` or the previous step.
+        first : bool or tf.Tensor
+            Step 0 or not: a Python bool, or a float32 scalar mask (1 at step 0) for programs
+            without control flow.
+        arithmetic : bool
+            Neuron decisions with floor/min/max instead of comparisons (TFLite / XNNPACK).
+
+        Returns
+        -------
+        values : dict
+            Layer name -> output at this step (None where it is known to be zero).
+        state : dict
+            The new state.
+        """
+        values, new_state = {}, dict(state)
+        dynamic = not isinstance(first, bool)
+        for layer, inbound in self.graph:
+            name = layer.name
+            if isinstance(layer, keras.layers.InputLayer):
+                values[name] = x
+                continue
+            inputs = [values[i] for i in inbound]
+            arg = inputs if len(inputs) > 1 else inputs[0]
+            if not _is_temporal(layer):  # static: runs on the analog input, at step 0 only
+                present = (dynamic or first) and all(value is not None for value in inputs)
+                values[name] = layer(arg) if present else None
+                continue
+            values[name], layer_state = layer.step(arg, state.get(name, []), first, arithmetic)
+            if name in state:
+                new_state[name] = layer_state
+        return values, new_state
