@@ -34,6 +34,14 @@ _PUBLIC = {
     "simulate": "simulation",
     "verify": "verification",
     "export_tflite": "export",
+    "analyze": "evaluation",
+    "Analysis": "evaluation",
+    "SimulationResult": "simulation",
+    "folded_qann": "conversion",
+    "InvalidArgumentError": "errors",
+    "InvalidInputError": "errors",
+    "UnsupportedModelError": "errors",
+    "ExportError": "errors",
 }
 _SUBMODULES = {
     "models",
@@ -44,7 +52,6 @@ _SUBMODULES = {
     "simulation",
     "verification",
     "evaluation",
-    "reports",
     "export",
     "quantization",
     "qat",

@@ -17,8 +17,8 @@ import dataclasses
 import numpy as np
 
 from qffs_tf._keras import keras, tf
-from qffs_tf.errors import InvalidArgumentError, QFFSError
-from qffs_tf.snn import layers as spiking
+from qffs_tf.errors import InvalidArgumentError, InvalidInputError
+from qffs_tf.snn.layers import SpikingLinear
 from qffs_tf.snn.program import Program
 from qffs_tf.snn.timesteps import check_timesteps, timesteps_of, with_timesteps
 
@@ -27,30 +27,104 @@ MODES = ("layerwise", "stepwise")
 
 @dataclasses.dataclass
 class SimulationResult:
-    """Logits and spike statistics of one simulated batch (numpy arrays)."""
+    """Logits and spike statistics of a simulation (numpy arrays, one row per sample).
 
-    logits: np.ndarray  # (batch, T, classes): logits after steps 1..T
-    positive_spikes: dict[str, np.ndarray]  # IF layer -> (batch, T) +1 spikes per step
-    negative_spikes: dict[str, np.ndarray]  # IF layer -> (batch, T) -1 spikes per step
-    synaptic_ops: dict[str, np.ndarray]  # layer fed by spikes -> (batch, T) accumulations
-    counts: dict[str, np.ndarray]  # IF layer -> (batch, *neurons) final net spike counts
-    neurons: dict[str, int]  # IF layer -> number of neurons
-    quiet_step: np.ndarray  # (batch,) steps after which the logits were final; -1: not quiet
-    input_macs: int  # multiply-accumulates per sample on the analog input (step 0)
+    Attributes
+    ----------
+    logits : np.ndarray
+        (samples, T, classes): the logits after steps 1..T (before any head activation).
+    positive_spikes, negative_spikes : dict of str to np.ndarray
+        Neuron layer -> (samples, T) number of +1 / -1 spike events per step.
+    synaptic_ops : dict of str to np.ndarray
+        Layer fed by spikes -> (samples, T) accumulations caused by the events it received.
+    counts : dict of str to np.ndarray
+        Neuron layer -> (samples, *neurons) final net spike counts.
+    neurons : dict of str to int
+        Neuron layer -> neurons per sample.
+    quiet_step : np.ndarray
+        (samples,) the step after which no layer spiked any more; -1 if still spiking at T
+        (always -1 for the constant input coding, where a silent step proves nothing).
+    input_macs : int
+        Multiply-accumulates per sample on the analog input.
+    timesteps : int
+    steps_run : int
+        Steps computed (fewer than `timesteps` when early exit emptied the batch).
+    active_per_step : list of int
+        Samples still computed at each step (early exit drops quiet ones).
+
+    Example
+    -------
+    >>> result = qffs_tf.simulate(snn, x_test[:64])
+    >>> result.final_logits.argmax(-1)  # the SNN's answers after T steps
+    >>> result.spikes_per_step().mean(0)  # spikes per image at each step
+    """
+
+    logits: np.ndarray
+    positive_spikes: dict[str, np.ndarray]
+    negative_spikes: dict[str, np.ndarray]
+    synaptic_ops: dict[str, np.ndarray]
+    counts: dict[str, np.ndarray]
+    neurons: dict[str, int]
+    quiet_step: np.ndarray
+    input_macs: int
     timesteps: int
-    steps_run: int  # < timesteps when early exit stopped the loop
-    active_per_step: list[int]  # samples still computed at each step (early exit drops quiet ones)
+    steps_run: int
+    active_per_step: list[int]
 
     @property
     def final_logits(self) -> np.ndarray:
+        """(samples, classes): the logits after the last step."""
         return self.logits[:, -1]
 
+    @property
+    def samples(self) -> int:
+        return int(self.logits.shape[0])
+
     def spikes_per_step(self) -> np.ndarray:
-        """(batch, T) all spikes (both signs) over all IF layers."""
+        """(samples, T) all spike events (both signs) over all neuron layers."""
         total = np.zeros(self.logits.shape[:2], np.int64)
         for name in self.positive_spikes:
             total += self.positive_spikes[name] + self.negative_spikes[name]
         return total
+
+    def __repr__(self) -> str:
+        quiet = self.quiet_step[self.quiet_step > 0]
+        mean_quiet = f"{quiet.mean():.2f}" if quiet.size else "-"
+        return (
+            f"SimulationResult(samples={self.samples}, timesteps={self.timesteps}, "
+            f"neuron_layers={len(self.neurons)}, "
+            f"spikes_per_sample={self.spikes_per_step().sum() / max(self.samples, 1):.1f}, "
+            f"quiet={quiet.size}/{self.samples} (mean step {mean_quiet}))"
+        )
+
+    @staticmethod
+    def concatenate(parts: list[SimulationResult]) -> SimulationResult:
+        """One result from the results of consecutive batches."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+
+        def join(field):
+            return {
+                name: np.concatenate([getattr(part, field)[name] for part in parts])
+                for name in getattr(first, field)
+            }
+
+        return SimulationResult(
+            logits=np.concatenate([part.logits for part in parts]),
+            positive_spikes=join("positive_spikes"),
+            negative_spikes=join("negative_spikes"),
+            synaptic_ops=join("synaptic_ops"),
+            counts=join("counts"),
+            neurons=dict(first.neurons),
+            quiet_step=np.concatenate([part.quiet_step for part in parts]),
+            input_macs=first.input_macs,
+            timesteps=first.timesteps,
+            steps_run=max(part.steps_run for part in parts),
+            active_per_step=[
+                int(sum(values)) for values in zip(*[p.active_per_step for p in parts], strict=True)
+            ],
+        )
 
 
 def _neuron_axes(tensor: tf.Tensor, first: int) -> list[int]:
@@ -75,7 +149,7 @@ def _window_cover(size: int, kernel: int, stride: int, dilation: int, padding: s
     return cover
 
 
-def fanout(layer: spiking.SpikingLinear) -> np.ndarray:
+def fanout(layer: SpikingLinear) -> np.ndarray:
     """Per input position, how many accumulations one input event causes.
 
     Counted from the layer's geometry (padding, stride, dilation): exact, and without a
@@ -100,7 +174,7 @@ def input_macs(snn: keras.Model) -> int:
         sum(
             float(fanout(layer).sum())
             for layer in snn.layers
-            if isinstance(layer, spiking.SpikingLinear) and not layer.temporal
+            if isinstance(layer, SpikingLinear) and not layer.temporal
         )
     )
 
@@ -108,11 +182,7 @@ def input_macs(snn: keras.Model) -> int:
 def ann_macs(snn: keras.Model) -> int:
     """Multiply-accumulates per sample of the equivalent ANN (every synapse once)."""
     return int(
-        sum(
-            float(fanout(layer).sum())
-            for layer in snn.layers
-            if isinstance(layer, spiking.SpikingLinear)
-        )
+        sum(float(fanout(layer).sum()) for layer in snn.layers if isinstance(layer, SpikingLinear))
     )
 
 
@@ -263,65 +333,36 @@ def _quiet_steps(spikes_per_step: np.ndarray, timesteps: int) -> np.ndarray:
     return np.where(last + 1 < timesteps, quiet, -1).astype(np.int64)
 
 
-def _check_input(snn: keras.Model, x) -> tf.Tensor:
-    x = tf.convert_to_tensor(x, tf.float32)
-    expected = tuple(snn.input_shape[1:])
+def _check_batch(program: _Simulator, x: np.ndarray) -> tf.Tensor:
+    expected = program.program.input_shape
     if tuple(x.shape[1:]) != expected:
-        raise QFFSError(
+        raise InvalidInputError(
             f"Input shape {tuple(x.shape)} does not match the SNN's input (batch, "
             f"{', '.join(map(str, expected))}); pass a batch of images shaped like the "
             "QAT model's input."
         )
-    if not bool(tf.reduce_all(tf.math.is_finite(x))):
-        raise QFFSError("The input contains NaN or Inf values; pass finite images.")
-    return x
+    if not np.isfinite(x).all():
+        raise InvalidInputError("The input contains NaN or Inf values; pass finite images.")
+    return tf.convert_to_tensor(x, tf.float32)
 
 
-def simulate(
-    snn: keras.Model,
-    x,
-    timesteps: int | None = None,
-    mode: str = "layerwise",
-    early_exit: bool = False,
-    jit_compile: bool = False,
-) -> SimulationResult:
-    """Simulate `snn` on a batch `x` for `timesteps` steps (default: the SNN's own).
-
-    Returns the logits after every step and per-step spike statistics. `early_exit`
-    (stepwise only) stops computing each sample once it is quiet; the logits stay exact.
-    `jit_compile` runs the simulation under XLA.
-    """
-    if mode not in MODES:
-        raise QFFSError(f"mode must be one of {MODES}, got {mode!r}")
-    if early_exit and mode != "stepwise":
-        raise QFFSError("early_exit needs mode='stepwise' (layerwise runs all steps at once)")
-    steps = timesteps_of(snn) if timesteps is None else check_timesteps(timesteps)
-    x = _check_input(snn, x)
-    program = _simulator(snn, steps, jit_compile)
-    if early_exit and program.program.constant_input:
-        raise InvalidArgumentError(
-            "early_exit needs the 'once' input coding: with a constant input current (rate "
-            "coding) a silent step does not mean the sample is done; use early_exit=False."
-        )
+def _simulate_batch(program: _Simulator, x: tf.Tensor, steps: int, mode: str, early_exit: bool):
     batch = int(x.shape[0])
     if mode == "layerwise":
         out = {key: value.numpy() for key, value in program.layerwise(x).items()}
         steps_run = steps
         counts = {layer.name: out[f"count/{layer.name}"] for layer in program.neuron_layers}
         active_per_step = [batch] * steps
-        logits = out["logits"]
     else:
         out, counts, steps_run, active_per_step = _run_stepwise(program, x, steps, early_exit)
-        logits = out["logits"]
-    positive = {layer.name: out[f"pos/{layer.name}"] for layer in program.neuron_layers}
-    negative = {layer.name: out[f"neg/{layer.name}"] for layer in program.neuron_layers}
+    layers = program.neuron_layers
     result = SimulationResult(
-        logits=logits,
-        positive_spikes=positive,
-        negative_spikes=negative,
+        logits=out["logits"],
+        positive_spikes={layer.name: out[f"pos/{layer.name}"] for layer in layers},
+        negative_spikes={layer.name: out[f"neg/{layer.name}"] for layer in layers},
         synaptic_ops={layer.name: out[f"sops/{layer.name}"] for layer in program.synapses},
         counts=counts,
-        neurons={layer.name: int(np.prod(layer.neuron_shape)) for layer in program.neuron_layers},
+        neurons={layer.name: int(np.prod(layer.neuron_shape)) for layer in layers},
         quiet_step=np.zeros(batch, np.int64),
         input_macs=program.input_macs,
         timesteps=steps,
@@ -333,3 +374,86 @@ def simulate(
     else:
         result.quiet_step = _quiet_steps(result.spikes_per_step(), steps)
     return result
+
+
+def simulate(
+    snn: keras.Model,
+    x,
+    timesteps: int | None = None,
+    mode: str = "layerwise",
+    early_exit: bool = False,
+    jit_compile: bool = False,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> SimulationResult:
+    """Simulate `snn` on images `x` and record the logits and spikes at every time step.
+
+    Parameters
+    ----------
+    snn : tf_keras.Model
+        A model made by `qffs_tf.convert` (or loaded from its saved file).
+    x : array, tensor, tf.data.Dataset or iterable
+        Images (N, ...) shaped like the model's input; or (images, labels); or a dataset or
+        generator of images or (images, labels) (labels are ignored here).
+    timesteps : int, optional
+        Steps to simulate (default: the SNN's own window).
+    mode : {"layerwise", "stepwise"}
+        "layerwise" runs each layer once over the whole window (fast); "stepwise" runs one
+        step at a time carrying each layer's state (memory does not grow with T). Both give
+        the same spikes.
+    early_exit : bool
+        Stepwise only: a sample leaves the batch after a step in which none of its neurons
+        spiked (nothing can change for it any more); the logits stay exact.
+    jit_compile : bool
+        Run the simulation under XLA.
+    batch_size : int, optional
+        Images per simulated batch (default 256); results are concatenated.
+    progress : bool
+        Show a Keras progress bar.
+
+    Returns
+    -------
+    SimulationResult
+
+    Raises
+    ------
+    InvalidInputError
+        Images of the wrong shape, NaN or Inf values, or no image at all.
+    InvalidArgumentError
+        A bad mode, timesteps value, or early_exit with layerwise or rate coding.
+    ConversionError
+        If `snn` is not a qffs_tf SNN.
+
+    Example
+    -------
+    >>> result = qffs_tf.simulate(snn, x_test[:256])
+    >>> result.logits.shape
+    (256, 8, 10)
+    """
+    from qffs_tf.evaluation.inputs import iterate_batches, num_examples
+
+    if mode not in MODES:
+        raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}.")
+    if early_exit and mode != "stepwise":
+        raise InvalidArgumentError(
+            "early_exit needs mode='stepwise' (layerwise runs all steps at once)."
+        )
+    steps = timesteps_of(snn) if timesteps is None else check_timesteps(timesteps)
+    program = _simulator(snn, steps, jit_compile)
+    if early_exit and program.program.constant_input:
+        raise InvalidArgumentError(
+            "early_exit needs the 'once' input coding: with a constant input current (rate "
+            "coding) a silent step does not mean the sample is done; use early_exit=False."
+        )
+    progbar = keras.utils.Progbar(num_examples(x), unit_name="image") if progress else None
+    parts, seen = [], 0
+    for images, _ in iterate_batches(x, batch_size, program.program.input_shape):
+        parts.append(
+            _simulate_batch(program, _check_batch(program, images), steps, mode, early_exit)
+        )
+        seen += len(images)
+        if progbar is not None:
+            progbar.update(seen)
+    if not parts:
+        raise InvalidInputError("No image to simulate: pass at least one image.")
+    return SimulationResult.concatenate(parts)

@@ -10,8 +10,9 @@ import pytest
 from snn_fixtures import flatten_model, images
 
 import qffs_tf
-from qffs_tf import evaluation, io_utils, reports
+from qffs_tf import evaluation, io_utils
 from qffs_tf._keras import keras
+from qffs_tf.evaluation import reports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

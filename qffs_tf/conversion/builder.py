@@ -139,7 +139,7 @@ def build_snn(nodes: list[Node], output: str, timesteps: int, neuron="qffs") -> 
             layer.set_weights(weights)
     charges = temporal_input(output)
     logits = spiking.Integrate(mean=constant_input, name=f"{output}_integrate")(charges)
-    final = spiking.Readout(head, name=f"{output}_readout")(logits)
+    final = spiking.Readout(head, name=f"{output}_readout")([logits, model_input])
     return keras.Model(model_input, final, name="snn")
 
 

@@ -414,14 +414,27 @@ class Integrate(SpikingLayer, keras.layers.Layer):
         return {**config, "mean": self.mean}
 
 
+def _poison(image: tf.Tensor) -> tf.Tensor:
+    """(B, 1): 0 for a finite image, NaN for one with NaN or Inf (x * 0 is NaN exactly then).
+
+    Neurons compare, and comparisons with NaN are false: without this, a NaN image would
+    give quiet neurons and finite, meaningless logits instead of NaN as the QANN does.
+    """
+    axes = list(range(1, image.shape.rank))
+    return tf.reshape(tf.reduce_sum(image * 0.0, axes), [-1, 1])
+
+
 @keras.utils.register_keras_serializable(package="qffs_tf")
 class Readout(SpikingLayer, keras.layers.Layer):
     """What `snn.predict` returns: the logits after the last step, through the model's head
     activation (softmax and other monotone heads; "linear" for logits).
 
+    Its inputs are the logits per step and the image: an image with NaN or Inf values gives
+    NaN outputs, as the QANN does.
+
     Example
     -------
-    >>> Readout("softmax")(logits_per_step)  # (B, T, classes) -> (B, classes)
+    >>> Readout("softmax")([logits_per_step, image])  # (B, T, classes) -> (B, classes)
     """
 
     def __init__(self, activation: str = "linear", **kwargs):
@@ -431,10 +444,12 @@ class Readout(SpikingLayer, keras.layers.Layer):
         self.activation_name = keras.activations.serialize(self.activation)
 
     def call(self, inputs):
-        return self.activation(inputs[:, -1])
+        logits, image = inputs
+        return self.activation(logits[:, -1] + _poison(image))
 
     def step(self, inputs, state, first, arithmetic: bool = False):
-        return self.activation(inputs), state
+        logits, image = inputs
+        return self.activation(logits + _poison(image)), state
 
     def get_config(self):
         config = super().get_config()

@@ -16,39 +16,59 @@ def _percent(value) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+_COLUMNS = (  # (header, report key) of the per-step table, in order
+    ("SNN acc %", "snn_accuracy_per_step"),
+    ("agreement %", "agreement_per_step"),
+    ("plain-IF acc %", "plain_if_snn_accuracy_per_step"),
+    ("plain-IF agreement %", "plain_if_agreement_per_step"),
+    ("rate acc %", "rate_accuracy_per_step"),
+    ("rate agreement %", "rate_agreement_per_step"),
+)
+
+
 def step_table(report: dict) -> str:
-    """Accuracy and agreement per time step, QFFS beside plain IF (markdown table)."""
+    """Accuracy and agreement per time step: the SNN beside the plain-IF ablation and the
+    rate-coded baseline (markdown table; columns the report lacks are left out)."""
+    columns = [(header, report[key]) for header, key in _COLUMNS if report.get(key)]
     rows = [
-        "| step | SNN acc % | agreement % | plain-IF acc % | plain-IF agreement % |",
-        "|---:|---:|---:|---:|---:|",
+        "| step | " + " | ".join(header for header, _ in columns) + " |",
+        "|---:|" + "---:|" * len(columns),
     ]
-    plain_acc = report.get("plain_if_snn_accuracy_per_step")
-    plain_agree = report.get("plain_if_agreement_per_step")
-    for step, (acc, agree) in enumerate(
-        zip(report["snn_accuracy_per_step"], report["agreement_per_step"], strict=True), start=1
-    ):
-        rows.append(
-            f"| {step} | {_percent(acc)} | {_percent(agree)} | "
-            f"{_percent(plain_acc[step - 1] if plain_acc else None)} | "
-            f"{_percent(plain_agree[step - 1] if plain_agree else None)} |"
-        )
+    for step in range(1, report["timesteps"] + 1):
+        cells = " | ".join(_percent(values[step - 1]) for _, values in columns)
+        rows.append(f"| {step} | {cells} |")
     return "\n".join(rows)
 
 
+def _last(report: dict, key: str):
+    values = report.get(key)
+    return values[-1] if values else None
+
+
 def summary_lines(report: dict) -> list[str]:
-    """The headline numbers, one per line."""
+    """The headline numbers, one per line (missing ones shown as '-')."""
+    steps = report["timesteps"]
+    bits = report.get("activation_bits")
     lines = [
         f"float accuracy:   {_percent(report.get('float_accuracy'))} %",
-        f"QANN accuracy:    {_percent(report.get('qann_accuracy'))} % "
-        f"({report.get('activation_bits', '?')}-bit activations)",
-        f"SNN accuracy:     {_percent(report.get('snn_accuracy'))} % after "
-        f"{report['timesteps']} steps",
-        f"full agreement from step: {report.get('first_full_agreement_step')} (QFFS), "
-        f"{report.get('plain_if_first_full_agreement_step')} (plain IF)",
+        f"QANN accuracy:    {_percent(report.get('qann_accuracy'))} %"
+        + (f" ({bits}-bit activations)" if bits else ""),
+        f"SNN accuracy:     {_percent(report.get('snn_accuracy'))} % after {steps} steps",
+        f"baselines at T = {steps}: plain IF "
+        f"{_percent(_last(report, 'plain_if_snn_accuracy_per_step'))} %, rate-coded "
+        f"{_percent(_last(report, 'rate_accuracy_per_step'))} %",
+        f"full agreement from step: {report.get('first_full_agreement_step')} (SNN), "
+        f"{report.get('plain_if_first_full_agreement_step')} (plain IF), "
+        f"{report.get('rate_first_full_agreement_step')} (rate)",
         f"mean quiet step:  {report.get('mean_quiet_step')} "
         f"(quiet within T: {_percent(report.get('quiet_fraction'))} %)",
         f"spikes per image: {report['spikes_per_image']:.1f} "
-        f"({report.get('negative_spikes_per_image', 0):.1f} negative)",
+        f"({report.get('negative_spikes_per_image', 0):.1f} negative)"
+        + (
+            f"; rate-coded {report['rate_spikes_per_image']:.1f}"
+            if "rate_spikes_per_image" in report
+            else ""
+        ),
         f"synaptic ops / image: {report['synaptic_ops_per_image']:.3g} "
         f"vs ANN MACs {report['ann_macs_per_image']:.3g}",
         f"energy / image: SNN {report['snn_energy_uj_per_image']:.3g} uJ, "
@@ -58,7 +78,9 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def markdown_report(report: dict) -> str:
+    """The evaluation as markdown: headline numbers, the per-step table, spikes per layer."""
     layers = report["firing_rate_per_layer"]
+    mismatches = report.get("count_mismatches_per_layer") or {}
     layer_rows = [
         "| layer | +spikes / image | -spikes / image | firing rate | mismatches |",
         "|---|---:|---:|---:|---:|",
@@ -67,7 +89,7 @@ def markdown_report(report: dict) -> str:
         spikes = report["spikes_per_layer"][name]
         layer_rows.append(
             f"| {name} | {spikes['positive']:.1f} | {spikes['negative']:.1f} | {rate:.4f} | "
-            f"{report['count_mismatches_per_layer'][name]} |"
+            f"{mismatches.get(name, '-')} |"
         )
     return "\n".join(
         [
@@ -76,6 +98,10 @@ def markdown_report(report: dict) -> str:
             *[f"- {line}" for line in summary_lines(report)],
             "",
             "## Accuracy and agreement with the QANN per time step",
+            "",
+            "Plain IF: the same coding without negative spikes (the ablation). Rate: the "
+            "conventional rate-coded conversion (constant input current, threshold L*s, mean "
+            "charge per step), the baseline published latency claims are made against.",
             "",
             step_table(report),
             "",
@@ -100,20 +126,23 @@ def _save_figure(figure, path: str) -> None:
 
 
 def plot_accuracy(report: dict, path: str) -> None:
-    """Accuracy and agreement vs time step, QFFS and plain IF, with the QANN as a line."""
+    """Accuracy and agreement vs time step: QFFS, plain IF and rate-coded, the QANN as a line."""
     steps = list(range(1, report["timesteps"] + 1))
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, label, style in (
         ("snn_accuracy_per_step", "QFFS SNN", "o-"),
         ("plain_if_snn_accuracy_per_step", "plain IF", "s--"),
+        ("rate_accuracy_per_step", "rate-coded", "^-."),
     ):
         if key in report:
             axes[0].plot(steps, [100 * v for v in report[key]], style, label=label)
-    axes[0].axhline(100 * report["qann_accuracy"], color="gray", linestyle=":", label="QANN")
+    if report.get("qann_accuracy") is not None:
+        axes[0].axhline(100 * report["qann_accuracy"], color="gray", linestyle=":", label="QANN")
     axes[0].set(xlabel="time step", ylabel="accuracy (%)", title="Accuracy per time step")
     for key, label, style in (
         ("agreement_per_step", "QFFS SNN", "o-"),
         ("plain_if_agreement_per_step", "plain IF", "s--"),
+        ("rate_agreement_per_step", "rate-coded", "^-."),
     ):
         if key in report:
             axes[1].plot(steps, [100 * v for v in report[key]], style, label=label)
@@ -123,7 +152,7 @@ def plot_accuracy(report: dict, path: str) -> None:
     for axis in axes:
         axis.grid(alpha=0.3)
         axis.legend()
-        axis.set_xticks(steps)
+        axis.set_xticks(steps if len(steps) <= 16 else steps[:: max(1, len(steps) // 16)])
     _save_figure(figure, path)
 
 
@@ -140,6 +169,14 @@ def plot_firing_rates(report: dict, path: str) -> None:
             "k_",
             markersize=20,
             label="plain IF",
+        )
+    if "rate_firing_rate_per_layer" in report:
+        axis.plot(
+            positions,
+            [report["rate_firing_rate_per_layer"][n] for n in names],
+            "r_",
+            markersize=20,
+            label="rate-coded",
         )
     axis.set_xticks(list(positions), names, rotation=45, ha="right")
     axis.set(ylabel="spikes / neuron / step", title="Firing rate per layer")
