@@ -149,6 +149,19 @@ def _window_cover(size: int, kernel: int, stride: int, dilation: int, padding: s
     return cover
 
 
+def _transpose_cover(size: int, kernel: int, stride: int, outputs: int) -> np.ndarray:
+    """For each input index of a transposed convolution: how many outputs it writes to."""
+    before = max((size - 1) * stride + kernel - outputs, 0) // 2
+    taps = np.arange(kernel)
+    return np.array(
+        [
+            int(((0 <= i * stride + taps - before) & (i * stride + taps - before < outputs)).sum())
+            for i in range(size)
+        ],
+        np.int64,
+    )
+
+
 def fanout(layer: SpikingLinear) -> np.ndarray:
     """Per input position, how many accumulations one input event causes.
 
@@ -161,6 +174,11 @@ def fanout(layer: SpikingLinear) -> np.ndarray:
     if layer.kind == "dense":
         return np.full(per_step, kernel[-1], np.float32)
     height, width, _ = per_step
+    if layer.kind == "conv2d_transpose":
+        rows = _transpose_cover(height, kernel[0], layer.strides[0], layer.output_size[0])
+        cols = _transpose_cover(width, kernel[1], layer.strides[1], layer.output_size[1])
+        per_channel = np.outer(rows, cols) * kernel[2]
+        return np.repeat(per_channel[:, :, None], per_step[2], axis=2).astype(np.float32)
     rows = _window_cover(height, kernel[0], layer.strides[0], layer.dilation_rate[0], layer.padding)
     cols = _window_cover(width, kernel[1], layer.strides[1], layer.dilation_rate[1], layer.padding)
     outputs_per_tap = kernel[3]  # Conv2D: output channels; depthwise: channel multiplier

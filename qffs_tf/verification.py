@@ -96,8 +96,11 @@ def qann_integer_activations(
     qat_model: keras.Model, x, names: list[str], thresholds: list[float]
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """The QANN's integer activations q = a / s of the named layers, and its logits."""
+    from qffs_tf.conversion.graph import flatten_nested, layer_output
+
+    qat_model = flatten_nested(qat_model)
     probe = keras.Model(
-        qat_model.inputs, [qat_model.get_layer(name).output for name in names] + qat_model.outputs
+        qat_model.inputs, [layer_output(qat_model, name) for name in names] + qat_model.outputs
     )
     outputs = probe(x, training=False)
     outputs = [np.asarray(value) for value in (outputs if isinstance(outputs, list) else [outputs])]

@@ -113,12 +113,14 @@ def test_unsupported_layer_is_named_with_the_supported_types():
             keras.Input((8, 8, 1)),
             keras.layers.Conv2D(2, 3, name="conv"),
             qffs_tf.QuantReLU(2, name="act"),
-            keras.layers.UpSampling2D(name="up"),
+            keras.layers.LayerNormalization(name="up"),
             keras.layers.Flatten(),
             keras.layers.Dense(2),
         ]
     )
-    with pytest.raises(ConversionError, match=r"'up' \(UpSampling2D\).*Supported layer types"):
+    with pytest.raises(
+        ConversionError, match=r"'up' \(LayerNormalization\).*Supported layer types"
+    ):
         qffs_tf.convert(model)
 
 

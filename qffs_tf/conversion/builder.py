@@ -34,6 +34,7 @@ def build_layer(node: Node, temporal: bool, constant_input: bool = False):
                 "strides": attrs["strides"],
                 "padding": attrs["padding"],
                 "dilation_rate": attrs["dilation_rate"],
+                "output_size": attrs.get("output_size"),
             }
         layer = spiking.SpikingLinear(
             attrs["kind"],
@@ -50,6 +51,10 @@ def build_layer(node: Node, temporal: bool, constant_input: bool = False):
         )
         return layer, [attrs["scale"], attrs["offset"]]
     if node.op == "maxpool":
+        if attrs.get("global_pool"):
+            return spiking.SpikingMaxPool2D(
+                temporal=temporal, global_pool=True, name=node.name
+            ), None
         return spiking.SpikingMaxPool2D(
             attrs["pool_size"],
             attrs["strides"],
@@ -64,6 +69,8 @@ def build_layer(node: Node, temporal: bool, constant_input: bool = False):
         ), None
     if node.op == "add":
         return spiking.SpikingAdd(temporal=temporal, name=node.name), None
+    if node.op == "concat":
+        return spiking.SpikingConcatenate(attrs["axis"], temporal=temporal, name=node.name), None
     raise ConversionError(f"Node '{node.name}' has op '{node.op}', which no layer implements.")
 
 

@@ -1,8 +1,17 @@
-"""Reading a QAT model into the converter's node list: one reader per Keras layer kind."""
+"""Reading a QAT model into the converter's node list: one registered reader per layer kind.
+
+A reader turns one Keras layer into nodes (`Node`: name, op, inputs, attrs). Supporting a new
+layer kind means registering one reader here (and, if it needs one, a spiking layer in
+`qffs_tf.snn`); the refusal message for everything else is generated from the registry, so it
+always lists what is supported.
+
+Node ops: input | linear | affine | act | maxpool | shape | add | concat | head | identity.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow_model_optimization as tfmot
@@ -11,12 +20,9 @@ from qffs_tf._keras import check_tf_keras_model, keras
 from qffs_tf.errors import ConversionError
 from qffs_tf.quantization import QuantReLU, activation_spec
 
-LINEAR_TYPES = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-SUPPORTED_TYPES = (
-    "InputLayer, Conv2D, DepthwiseConv2D, Dense, BatchNormalization, QFFS activations "
-    "(QuantReLU or quantize_model's quantized ReLUs), MaxPooling2D, AveragePooling2D, "
-    "GlobalAveragePooling2D, Flatten, ZeroPadding2D, Add, Dropout, Activation('linear')"
-)
+# Output activations the SNN can apply to its accumulated logits: monotone, elementwise or
+# softmax, so the top-1 answer is the logits' own.
+HEAD_ACTIVATIONS = ("linear", "softmax", "sigmoid")
 
 
 @dataclasses.dataclass
@@ -24,16 +30,36 @@ class Node:
     """One operation of the network being converted."""
 
     name: str
-    op: str  # input | linear | affine | act | maxpool | shape | add | identity
+    op: str
     inputs: list[str]
     attrs: dict
+
+
+_READERS: dict[type, Callable] = {}
+
+
+def reader(*layer_types: type):
+    """Register a function (layer, node name, input names) -> list of Node for layer types."""
+
+    def register(function):
+        for layer_type in layer_types:
+            _READERS[layer_type] = function
+        return function
+
+    return register
+
+
+def supported_layers() -> list[str]:
+    """Names of the Keras layer types the converter reads."""
+    names = {layer_type.__name__ for layer_type in _READERS}
+    return sorted(names | {"QuantizeWrapperV2 (quantize_model's layers)"})
 
 
 def _unsupported(layer, why: str = "") -> ConversionError:
     reason = f": {why}" if why else ""
     return ConversionError(
         f"Cannot convert layer '{layer.name}' ({type(layer).__name__}){reason}. "
-        f"Supported layer types: {SUPPORTED_TYPES}."
+        f"Supported layer types: {', '.join(supported_layers())}."
     )
 
 
@@ -46,72 +72,132 @@ def _check_channels_last(layer) -> None:
         raise _unsupported(layer, "only data_format='channels_last' is supported")
 
 
-def _effective_kernel(wrapper, inner) -> np.ndarray:
-    """The kernel the QAT forward pass uses (tfmot fake-quantized when weight_bits was set).
+def _activation_name(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", "linear") if activation is not None else "linear"
 
-    With weight quantization, tfmot overwrites the layer's kernel attribute with the quantized
-    tensor of its last call, so the variable is taken from the wrapper's own list.
+
+def _effective_weight(wrapper, inner, attribute: str) -> np.ndarray:
+    """A weight as the QAT forward pass uses it (tfmot fake-quantized when weight_bits was set).
+
+    With weight quantization, tfmot overwrites the layer's attribute with the quantized tensor
+    of its last call, so the variable is taken from the wrapper's own list.
     """
-    attribute = "depthwise_kernel" if isinstance(inner, keras.layers.DepthwiseConv2D) else "kernel"
-    for weight, quantizer, variables in getattr(wrapper, "_weight_vars", []):
+    for weight, quantizer, variables in getattr(wrapper, "_weight_vars", []) if wrapper else []:
         if weight.name.split("/")[-1].split(":")[0] == attribute:
-            return np.asarray(quantizer(weight, False, weights=variables))
-    return getattr(inner, attribute).numpy()
+            return np.asarray(quantizer(weight, False, weights=variables), np.float32)
+    return np.asarray(getattr(inner, attribute).numpy(), np.float32)
 
 
-def _linear_node(layer, name: str, inputs: list[str], wrapper=None) -> Node:
-    activation = getattr(layer.activation, "__name__", "")
-    if wrapper is None and activation != "linear":
+def _bias(layer, channels: int) -> np.ndarray:
+    if getattr(layer, "use_bias", False):
+        return layer.bias.numpy().astype(np.float32)
+    return np.zeros(channels, np.float32)
+
+
+def _conv_attrs(layer) -> dict:
+    _check_channels_last(layer)
+    return {
+        "strides": _pair(layer.strides),
+        "padding": layer.padding,
+        "dilation_rate": _pair(layer.dilation_rate),
+    }
+
+
+def _linear_nodes(layer, name: str, inputs: list[str], wrapper=None) -> list[Node]:
+    """Conv2D / DepthwiseConv2D / Dense / SeparableConv2D / Conv2DTranspose, without activation."""
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        depthwise = _effective_weight(wrapper, layer, "depthwise_kernel")
+        pointwise = _effective_weight(wrapper, layer, "pointwise_kernel")
+        channels = depthwise.shape[2] * depthwise.shape[3]
+        first = Node(
+            f"{name}_depthwise",
+            "linear",
+            inputs,
+            {
+                "kind": "depthwise_conv2d",
+                "kernel": depthwise,
+                "bias": np.zeros(channels, np.float32),
+                **_conv_attrs(layer),
+            },
+        )
+        second = Node(
+            name,
+            "linear",
+            [first.name],
+            {
+                "kind": "conv2d",
+                "kernel": pointwise,
+                "bias": _bias(layer, pointwise.shape[-1]),
+                "strides": (1, 1),
+                "padding": "valid",
+                "dilation_rate": (1, 1),
+            },
+        )
+        return [first, second]
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        if layer.output_padding is not None or _pair(layer.dilation_rate) != (1, 1):
+            raise _unsupported(layer, "output_padding and dilation are not supported")
+        kernel = _effective_weight(wrapper, layer, "kernel")
+        attrs = {"kind": "conv2d_transpose", "kernel": kernel, **_conv_attrs(layer)}
+        attrs["bias"] = _bias(layer, kernel.shape[2])
+        attrs["output_size"] = tuple(int(d) for d in layer.output_shape[1:3])
+        return [Node(name, "linear", inputs, attrs)]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kernel = _effective_weight(wrapper, layer, "depthwise_kernel")
+        channels = kernel.shape[2] * kernel.shape[3]
+        attrs = {"kind": "depthwise_conv2d", "kernel": kernel, "bias": _bias(layer, channels)}
+        return [Node(name, "linear", inputs, {**attrs, **_conv_attrs(layer)})]
+    if isinstance(layer, keras.layers.Conv2D):
+        if layer.groups != 1:
+            raise _unsupported(
+                layer, "grouped convolutions (groups > 1) are not supported; use groups=1"
+            )
+        kernel = _effective_weight(wrapper, layer, "kernel")
+        attrs = {"kind": "conv2d", "kernel": kernel, "bias": _bias(layer, kernel.shape[-1])}
+        return [Node(name, "linear", inputs, {**attrs, **_conv_attrs(layer)})]
+    kernel = _effective_weight(wrapper, layer, "kernel")
+    return [
+        Node(
+            name,
+            "linear",
+            inputs,
+            {"kind": "dense", "kernel": kernel, "bias": _bias(layer, kernel.shape[-1])},
+        )
+    ]
+
+
+LINEAR_TYPES = (
+    keras.layers.Conv2D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.Dense,
+    keras.layers.SeparableConv2D,
+    keras.layers.Conv2DTranspose,
+)
+
+
+def _head_node(layer, name: str, inputs: list[str]) -> Node:
+    activation = _activation_name(layer)
+    if activation not in HEAD_ACTIVATIONS:
         raise _unsupported(
             layer,
-            f"activation '{activation}' is not quantized; quantize the model with "
-            "qffs_tf.quantize_model (or use QuantReLU) before converting",
+            f"activation '{activation}' cannot be reproduced by spikes; only the output layer "
+            f"may have a non-ReLU activation, one of {HEAD_ACTIVATIONS}",
         )
-    kernel = _effective_kernel(wrapper, layer) if wrapper is not None else None
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        kind = "depthwise_conv2d"
-        kernel = layer.depthwise_kernel.numpy() if kernel is None else kernel
-    elif isinstance(layer, keras.layers.Conv2D):
-        kind = "conv2d"
-        kernel = layer.kernel.numpy() if kernel is None else kernel
-        if layer.groups != 1:
-            raise _unsupported(layer, "grouped convolutions are not supported")
-    else:
-        kind = "dense"
-        kernel = layer.kernel.numpy() if kernel is None else kernel
-    if kind != "dense":
-        _check_channels_last(layer)
-    out_channels = kernel.shape[-1] if kind != "depthwise_conv2d" else np.prod(kernel.shape[2:])
-    bias = layer.bias.numpy() if layer.use_bias else np.zeros(out_channels, np.float32)
-    attrs = {"kind": kind, "kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
-    if kind != "dense":
-        attrs.update(
-            strides=_pair(layer.strides),
-            padding=layer.padding,
-            dilation_rate=_pair(layer.dilation_rate),
-        )
-    return Node(name, "linear", inputs, attrs)
+    return Node(name, "head", inputs, {"activation": activation})
 
 
-def _batchnorm_node(layer, inputs: list[str]) -> Node:
-    axis = layer.axis[0] if isinstance(layer.axis, list | tuple) else layer.axis
-    rank = len(layer.input_shape)
-    if len(np.atleast_1d(layer.axis)) != 1 or axis not in (-1, rank - 1):
-        raise _unsupported(layer, "only normalisation over the last (channel) axis is supported")
-    gamma = layer.gamma.numpy() if layer.scale else 1.0
-    beta = layer.beta.numpy() if layer.center else 0.0
-    scale = gamma / np.sqrt(layer.moving_variance.numpy() + layer.epsilon)
-    offset = beta - layer.moving_mean.numpy() * scale
-    channels = layer.moving_mean.shape[0]
-    return Node(
-        layer.name,
-        "affine",
-        inputs,
-        {
-            "scale": np.broadcast_to(scale, (channels,)).astype(np.float32),
-            "offset": np.broadcast_to(offset, (channels,)).astype(np.float32),
-        },
-    )
+def _output_linear(layer, name: str, inputs: list[str], wrapper=None) -> list[Node]:
+    """A linear layer whose activation is not quantized: linear, or linear then a head."""
+    if _activation_name(layer) == "linear":
+        return _linear_nodes(layer, name, inputs, wrapper)
+    nodes = _linear_nodes(layer, f"{name}_linear", inputs, wrapper)
+    return [*nodes, _head_node(layer, name, [nodes[-1].name])]
+
+
+@reader(*LINEAR_TYPES)
+def _read_linear(layer, name, inputs):
+    return _output_linear(layer, name, inputs)
 
 
 def _act_node(name: str, spec, inputs: list[str]) -> Node:
@@ -128,100 +214,298 @@ def _act_node(name: str, spec, inputs: list[str]) -> Node:
     )
 
 
+def _read_wrapper(layer, name, inputs):
+    inner = layer.layer
+    spec = activation_spec(layer)
+    if isinstance(inner, LINEAR_TYPES):
+        if spec is None:  # the output layer: its activation, if any, is the head
+            return _output_linear(inner, name, inputs, layer)
+        nodes = _linear_nodes(inner, f"{name}_linear", inputs, layer)
+        return [*nodes, _act_node(name, spec, [nodes[-1].name])]
+    if spec is not None:
+        return [_act_node(name, spec, inputs)]
+    if type(inner) in _READERS:  # a layer tfmot wrapped without quantizing it
+        return _READERS[type(inner)](inner, name, inputs)
+    raise _unsupported(layer, f"unexpected tfmot wrapper around {type(inner).__name__}")
+
+
+@reader(QuantReLU)
+def _read_quant_relu(layer, name, inputs):
+    return [_act_node(name, activation_spec(layer), inputs)]
+
+
+@reader(keras.layers.BatchNormalization)
+def _read_batchnorm(layer, name, inputs):
+    axis = layer.axis[0] if isinstance(layer.axis, list | tuple) else layer.axis
+    rank = len(layer.input_shape)
+    if len(np.atleast_1d(layer.axis)) != 1 or axis not in (-1, rank - 1):
+        raise _unsupported(layer, "only normalisation over the last (channel) axis is supported")
+    gamma = layer.gamma.numpy() if layer.scale else 1.0
+    beta = layer.beta.numpy() if layer.center else 0.0
+    scale = gamma / np.sqrt(layer.moving_variance.numpy() + layer.epsilon)
+    offset = beta - layer.moving_mean.numpy() * scale
+    return [_affine_node(name, inputs, scale, offset, layer.moving_mean.shape[0])]
+
+
+def _affine_node(name, inputs, scale, offset, channels: int) -> Node:
+    return Node(
+        name,
+        "affine",
+        inputs,
+        {
+            "scale": np.broadcast_to(np.asarray(scale, np.float32), (channels,)).copy(),
+            "offset": np.broadcast_to(np.asarray(offset, np.float32), (channels,)).copy(),
+        },
+    )
+
+
+@reader(keras.layers.Rescaling)
+def _read_rescaling(layer, name, inputs):
+    channels = int(layer.input_shape[-1])
+    return [_affine_node(name, inputs, layer.scale, layer.offset, channels)]
+
+
+@reader(keras.layers.Normalization)
+def _read_normalization(layer, name, inputs):
+    axis = layer.axis if isinstance(layer.axis, tuple | list) else (layer.axis,)
+    if tuple(axis) not in ((-1,), (len(layer.input_shape) - 1,)) or layer.invert:
+        raise _unsupported(layer, "only per-channel (axis=-1), non-inverted normalisation")
+    mean = np.asarray(layer.mean).reshape(-1)
+    std = np.sqrt(np.maximum(np.asarray(layer.variance).reshape(-1), keras.backend.epsilon()))
+    channels = int(layer.input_shape[-1])
+    return [_affine_node(name, inputs, 1.0 / std, -mean / std, channels)]
+
+
+@reader(keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+def _read_pooling(layer, name, inputs):
+    _check_channels_last(layer)
+    window = {
+        "pool_size": _pair(layer.pool_size),
+        "strides": _pair(layer.strides),
+        "padding": layer.padding,
+    }
+    if isinstance(layer, keras.layers.MaxPooling2D):
+        return [Node(name, "maxpool", inputs, window)]
+    return [Node(name, "shape", inputs, {"op": "average_pooling2d", **window})]
+
+
+@reader(keras.layers.GlobalMaxPooling2D)
+def _read_global_max(layer, name, inputs):
+    _check_channels_last(layer)
+    if layer.keepdims:
+        raise _unsupported(layer, "keepdims=True is not supported")
+    return [Node(name, "maxpool", inputs, {"global_pool": True})]
+
+
+@reader(keras.layers.GlobalAveragePooling2D)
+def _read_global_average(layer, name, inputs):
+    _check_channels_last(layer)
+    if layer.keepdims:
+        raise _unsupported(layer, "keepdims=True is not supported")
+    return [Node(name, "shape", inputs, {"op": "global_average_pooling2d"})]
+
+
+@reader(keras.layers.Flatten)
+def _read_flatten(layer, name, inputs):
+    return [Node(name, "shape", inputs, {"op": "flatten"})]
+
+
+@reader(keras.layers.Reshape)
+def _read_reshape(layer, name, inputs):
+    return [Node(name, "shape", inputs, {"op": "reshape", "target_shape": layer.output_shape[1:]})]
+
+
+@reader(keras.layers.Permute)
+def _read_permute(layer, name, inputs):
+    return [Node(name, "shape", inputs, {"op": "permute", "dims": tuple(layer.dims)})]
+
+
+@reader(keras.layers.ZeroPadding2D)
+def _read_zero_padding(layer, name, inputs):
+    _check_channels_last(layer)
+    pad = tuple(map(tuple, layer.padding))
+    return [Node(name, "shape", inputs, {"op": "zero_padding2d", "pad_width": pad})]
+
+
+@reader(keras.layers.Cropping2D)
+def _read_cropping(layer, name, inputs):
+    _check_channels_last(layer)
+    crop = tuple(map(tuple, layer.cropping))
+    return [Node(name, "shape", inputs, {"op": "cropping2d", "pad_width": crop})]
+
+
+@reader(keras.layers.UpSampling2D)
+def _read_upsampling(layer, name, inputs):
+    _check_channels_last(layer)
+    if layer.interpolation not in ("nearest", "bilinear"):
+        raise _unsupported(
+            layer, f"interpolation '{layer.interpolation}' is not linear; use nearest or bilinear"
+        )
+    attrs = {
+        "op": "upsampling2d",
+        "pool_size": _pair(layer.size),
+        "interpolation": layer.interpolation,
+    }
+    return [Node(name, "shape", inputs, attrs)]
+
+
+@reader(keras.layers.Add)
+def _read_add(layer, name, inputs):
+    return [Node(name, "add", inputs, {})]
+
+
+@reader(keras.layers.Concatenate)
+def _read_concatenate(layer, name, inputs):
+    rank = len(layer.output_shape)
+    axis = layer.axis if layer.axis >= 0 else rank + layer.axis
+    return [Node(name, "concat", inputs, {"axis": int(axis)})]
+
+
+@reader(keras.layers.Dropout, keras.layers.SpatialDropout2D, keras.layers.GaussianDropout)
+def _read_identity(layer, name, inputs):
+    return [Node(name, "identity", inputs, {})]
+
+
+@reader(keras.layers.Activation)
+def _read_activation(layer, name, inputs):
+    activation = _activation_name(layer)
+    if activation == "linear":
+        return [Node(name, "identity", inputs, {})]
+    if activation in HEAD_ACTIVATIONS:
+        return [_head_node(layer, name, inputs)]
+    raise _unsupported(
+        layer,
+        f"activation '{activation}' is not quantized; quantize the model with "
+        "qffs_tf.quantize_model first",
+    )
+
+
+@reader(keras.layers.Softmax)
+def _read_softmax(layer, name, inputs):
+    if layer.axis not in (-1, len(layer.input_shape) - 1):
+        raise _unsupported(layer, "only a softmax over the last axis can be a head")
+    return [Node(name, "head", inputs, {"activation": "softmax"})]
+
+
+@reader(keras.layers.ReLU)
+def _read_relu(layer, name, inputs):
+    raise _unsupported(
+        layer,
+        "this ReLU is not quantized; quantize the model with qffs_tf.quantize_model "
+        "(or use QuantReLU) first",
+    )
+
+
 def _layer_nodes(layer, inputs: list[str]) -> list[Node]:
     """Nodes for one QAT layer (a fused Conv+activation gives two)."""
     name = layer.name
     if isinstance(layer, keras.layers.InputLayer):
-        return [
-            Node(
-                name,
-                "input",
-                [],
-                {
-                    "shape": tuple(layer.input_shape[0][1:])
-                    if isinstance(layer.input_shape, list)
-                    else tuple(layer.input_shape[1:])
-                },
-            )
-        ]
+        shape = layer.input_shape[0] if isinstance(layer.input_shape, list) else layer.input_shape
+        return [Node(name, "input", [], {"shape": tuple(shape[1:])})]
     if isinstance(layer, tfmot.quantization.keras.QuantizeWrapperV2):
-        inner = layer.layer
-        spec = activation_spec(layer)
-        if type(inner) in LINEAR_TYPES:
-            linear = _linear_node(inner, f"{name}_linear" if spec else name, inputs, layer)
-            if spec is None:
-                return [linear]
-            return [linear, _act_node(name, spec, [linear.name])]
-        if spec is not None:
-            return [_act_node(name, spec, inputs)]
-        raise _unsupported(layer, f"unexpected tfmot wrapper around {type(inner).__name__}")
-    if isinstance(layer, QuantReLU):
-        return [_act_node(name, activation_spec(layer), inputs)]
-    if type(layer) in LINEAR_TYPES:
-        return [_linear_node(layer, name, inputs)]
-    if type(layer) is keras.layers.BatchNormalization:
-        return [_batchnorm_node(layer, inputs)]
-    if type(layer) in (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D):
-        _check_channels_last(layer)
-        window = {
-            "pool_size": _pair(layer.pool_size),
-            "strides": _pair(layer.strides),
-            "padding": layer.padding,
-        }
-        if type(layer) is keras.layers.MaxPooling2D:
-            return [Node(name, "maxpool", inputs, window)]
-        return [Node(name, "shape", inputs, {"op": "average_pooling2d", **window})]
-    if type(layer) is keras.layers.GlobalAveragePooling2D:
-        _check_channels_last(layer)
-        if layer.keepdims:
-            raise _unsupported(layer, "keepdims=True is not supported")
-        return [Node(name, "shape", inputs, {"op": "global_average_pooling2d"})]
-    if type(layer) is keras.layers.Flatten:
-        return [Node(name, "shape", inputs, {"op": "flatten"})]
-    if type(layer) is keras.layers.ZeroPadding2D:
-        _check_channels_last(layer)
-        return [
-            Node(
-                name,
-                "shape",
-                inputs,
-                {"op": "zero_padding2d", "pad_width": tuple(map(tuple, layer.padding))},
-            )
-        ]
-    if type(layer) is keras.layers.Add:
-        return [Node(name, "add", inputs, {})]
-    if type(layer) is keras.layers.Dropout:
-        return [Node(name, "identity", inputs, {})]
-    if type(layer) is keras.layers.Activation:
-        if getattr(layer.activation, "__name__", "") == "linear":
-            return [Node(name, "identity", inputs, {})]
-        raise _unsupported(
-            layer,
-            f"activation '{layer.activation.__name__}' is not quantized; "
-            "quantize the model with qffs_tf.quantize_model first",
+        return _read_wrapper(layer, name, inputs)
+    read = _READERS.get(type(layer))
+    if read is None:
+        raise _unsupported(layer)
+    return read(layer, name, inputs)
+
+
+def flatten_nested(model: keras.Model) -> keras.Model:
+    """The same network with nested functional models inlined (their layers called in place),
+    so that every layer, also inside a nested model, is reachable by `get_layer`; cached."""
+    if not any(isinstance(layer, keras.Model) for layer in model.layers):
+        return model
+    cached = model.__dict__.get("_qffs_flat")
+    if cached is not None:
+        return cached
+    model.__dict__["_qffs_flat"] = _inline(model)
+    return model.__dict__["_qffs_flat"]
+
+
+def layer_output(model: keras.Model, name: str):
+    """The symbolic output of layer `name` within `model`'s own graph (a layer that was also
+    called elsewhere, as in a model made by `flatten_nested`, has several)."""
+    layer = model.get_layer(name)
+    nodes = getattr(model, "_network_nodes", set())
+    for index in range(len(layer.inbound_nodes) - 1, -1, -1):
+        if f"{layer.name}_ib-{index}" in nodes:
+            return layer.get_output_at(index)
+    return layer.output
+
+
+def _inline(model: keras.Model) -> keras.Model:
+    from qffs_tf._keras import tf  # noqa: F401  (graph building only)
+
+    tensors = {}
+
+    def call_graph(graph: keras.Model, inputs):
+        values = {id(t): x for t, x in zip(graph.inputs, inputs, strict=True)}
+        for layer in graph.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            node = layer.inbound_nodes[0] if len(layer.inbound_nodes) == 1 else None
+            for node in layer.inbound_nodes:
+                args = node.keras_inputs
+                if all(id(t) in values for t in args):
+                    break
+            else:
+                continue
+            args = [values[id(t)] for t in node.keras_inputs]
+            arg = args if len(args) > 1 else args[0]
+            if isinstance(layer, keras.Model):
+                out = call_graph(layer, args)
+            else:
+                out = layer(arg)
+            outputs = node.outputs if isinstance(node.outputs, list) else [node.outputs]
+            for t, value in zip(outputs, out if isinstance(out, list) else [out], strict=True):
+                values[id(t)] = value
+        return (
+            [values[id(t)] for t in graph.outputs]
+            if len(graph.outputs) > 1
+            else values[id(graph.outputs[0])]
         )
-    if type(layer) is keras.layers.ReLU:
-        raise _unsupported(
-            layer,
-            "this ReLU is not quantized; quantize the model with "
-            "qffs_tf.quantize_model (or use QuantReLU) first",
-        )
-    raise _unsupported(layer)
+
+    new_input = keras.Input(model.input_shape[1:], name=model.input_names[0])
+    tensors = call_graph(model, [new_input])
+    return keras.Model(new_input, tensors, name=model.name)
 
 
 def read_graph(model: keras.Model) -> tuple[list[Node], str]:
-    """The model as a topologically ordered node list, and the name of the output node."""
+    """The model as a topologically ordered node list, and the name of the output node.
+
+    Parameters
+    ----------
+    model : tf_keras.Model
+        A QAT model (Sequential or functional; nested functional models are inlined).
+
+    Returns
+    -------
+    nodes : list of Node
+    output : str
+        Name of the node that produces the model's output.
+
+    Raises
+    ------
+    ConversionError
+        An unsupported layer, a shared layer, or more than one input or output.
+
+    Example
+    -------
+    >>> nodes, output = read_graph(qat_model)
+    """
     check_tf_keras_model(model, "QAT model")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ConversionError(
             f"The model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-            "conversion supports exactly one image input and one logits output."
+            "conversion supports exactly one image input and one output. Split a multi-output "
+            "model into one model per output."
         )
     graph = (
         model
         if not isinstance(model, keras.Sequential)
         else keras.Model(model.inputs, model.outputs)
     )
+    graph = flatten_nested(graph)
     config = graph.get_config()
     nodes: list[Node] = []
     last_name = {}  # Keras layer name -> name of the node that produces its output
@@ -237,5 +521,13 @@ def read_graph(model: keras.Model) -> tuple[list[Node], str]:
         produced = _layer_nodes(layer, inputs)
         nodes.extend(produced)
         last_name[layer.name] = produced[-1].name
-    output = last_name[model.outputs[0]._keras_history.layer.name]
+    output = last_name[graph.outputs[0]._keras_history.layer.name]
+    heads = [node for node in nodes if node.op == "head"]
+    for node in heads:
+        if node.name != output:
+            raise ConversionError(
+                f"Layer '{node.name}' applies '{node.attrs['activation']}' in the middle of the "
+                "network; spikes can carry only (quantized) ReLUs there. Use ReLU, or move the "
+                "activation to the output layer."
+            )
     return nodes, output

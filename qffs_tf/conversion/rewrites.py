@@ -44,6 +44,8 @@ def _fold_affine_backward(nodes: list[Node], output: str) -> tuple[list[Node], s
         kernel = source.attrs["kernel"]
         if source.attrs["kind"] == "depthwise_conv2d":
             kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
+        elif source.attrs["kind"] == "conv2d_transpose":  # kernel (h, w, out, in)
+            kernel = kernel * scale[None, None, :, None]
         else:
             kernel = kernel * scale
         source.attrs["kernel"] = kernel.astype(np.float32)
@@ -67,6 +69,8 @@ def _fold_affine_forward(nodes: list[Node], output: str) -> tuple[list[Node], st
             continue
         target = consumers[0]
         kind = target.attrs["kind"]
+        if kind == "conv2d_transpose":
+            continue  # overlapping windows sum the offset a varying number of times
         if kind != "dense" and target.attrs["padding"] != "valid":
             continue  # padding zeros would not see the offset: keep the affine (exact too)
         scale, offset = node.attrs["scale"], node.attrs["offset"]

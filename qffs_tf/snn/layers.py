@@ -20,8 +20,17 @@ from qffs_tf.snn.base import (
     unfold_time,
 )
 
-LINEAR_KINDS = ("conv2d", "depthwise_conv2d", "dense")
-SHAPE_OPS = ("flatten", "average_pooling2d", "global_average_pooling2d", "zero_padding2d")
+LINEAR_KINDS = ("conv2d", "depthwise_conv2d", "dense", "conv2d_transpose")
+SHAPE_OPS = (
+    "flatten",
+    "average_pooling2d",
+    "global_average_pooling2d",
+    "zero_padding2d",
+    "cropping2d",
+    "reshape",
+    "permute",
+    "upsampling2d",
+)
 
 
 class _TemporalOp(SpikingLayer, keras.layers.Layer):
@@ -135,12 +144,16 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
         dilation_rate=(1, 1),
         temporal: bool = True,
         constant_input: bool = False,
+        output_size=None,
         **kwargs,
     ):
         super().__init__(temporal=temporal, **kwargs)
         if kind not in LINEAR_KINDS:
             raise ValueError(f"kind must be one of {LINEAR_KINDS}, got {kind!r}")
+        if kind == "conv2d_transpose" and output_size is None:
+            raise ValueError("conv2d_transpose needs output_size (height, width)")
         self.kind = kind
+        self.output_size = None if output_size is None else tuple(int(d) for d in output_size)
         self.kernel_shape = tuple(int(d) for d in kernel_shape)
         self.strides = tuple(int(s) for s in strides)
         self.padding = padding.upper()
@@ -151,6 +164,8 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
     def out_channels(self) -> int:
         if self.kind == "depthwise_conv2d":
             return self.kernel_shape[2] * self.kernel_shape[3]
+        if self.kind == "conv2d_transpose":  # kernel (h, w, out, in)
+            return self.kernel_shape[2]
         return self.kernel_shape[-1]
 
     def build(self, input_shape):
@@ -169,6 +184,9 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
             return tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
         if self.kind == "conv2d":
             return tf.nn.conv2d(x, kernel, self.strides, self.padding, dilations=self.dilation_rate)
+        if self.kind == "conv2d_transpose":
+            shape = tf.stack([tf.shape(x)[0], *self.output_size, self.out_channels])
+            return tf.nn.conv2d_transpose(x, kernel, shape, self.strides, self.padding)
         return tf.nn.depthwise_conv2d(
             x, kernel, (1, *self.strides, 1), self.padding, dilations=self.dilation_rate
         )
@@ -200,6 +218,7 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
             "padding": self.padding.lower(),
             "dilation_rate": list(self.dilation_rate),
             "constant_input": self.constant_input,
+            "output_size": None if self.output_size is None else list(self.output_size),
         }
 
 
@@ -244,7 +263,8 @@ class SpikingAffine(SpikingLayer, keras.layers.Layer):
 @keras.utils.register_keras_serializable(package="qffs_tf")
 class SpikingShapeOp(_TemporalOp):
     """Linear, weightless ops on charges or spikes: Flatten, AveragePooling2D,
-    GlobalAveragePooling2D, ZeroPadding2D.
+    GlobalAveragePooling2D, ZeroPadding2D, Cropping2D, Reshape, Permute, UpSampling2D
+    (nearest and bilinear interpolation are linear maps).
 
     Example
     -------
@@ -258,6 +278,9 @@ class SpikingShapeOp(_TemporalOp):
         strides=(2, 2),
         padding="valid",
         pad_width=((0, 0), (0, 0)),
+        target_shape=(),
+        dims=(),
+        interpolation: str = "nearest",
         temporal: bool = True,
         **kwargs,
     ):
@@ -265,6 +288,9 @@ class SpikingShapeOp(_TemporalOp):
         if op not in SHAPE_OPS:
             raise ValueError(f"op must be one of {SHAPE_OPS}, got {op!r}")
         self.op = op
+        self.target_shape = tuple(int(d) for d in target_shape)
+        self.dims = tuple(int(d) for d in dims)
+        self.interpolation = interpolation
         self.pool_size = tuple(int(p) for p in pool_size)
         self.strides = tuple(int(s) for s in strides)
         self.padding = padding.upper()
@@ -278,6 +304,17 @@ class SpikingShapeOp(_TemporalOp):
             return tf.nn.avg_pool2d(x, self.pool_size, self.strides, self.padding)
         if self.op == "global_average_pooling2d":
             return tf.reduce_mean(x, axis=[1, 2])
+        if self.op == "reshape":
+            return tf.reshape(x, [-1, *self.target_shape])
+        if self.op == "permute":
+            return tf.transpose(x, [0, *self.dims])
+        if self.op == "upsampling2d":  # the function Keras's UpSampling2D calls: same numbers
+            return keras.backend.resize_images(
+                x, *self.pool_size, "channels_last", interpolation=self.interpolation
+            )
+        if self.op == "cropping2d":
+            (top, bottom), (left, right) = self.pad_width
+            return x[:, top : x.shape[1] - bottom, left : x.shape[2] - right]
         return tf.pad(x, [[0, 0], list(self.pad_width[0]), list(self.pad_width[1]), [0, 0]])
 
     def get_config(self):
@@ -288,6 +325,9 @@ class SpikingShapeOp(_TemporalOp):
             "strides": list(self.strides),
             "padding": self.padding.lower(),
             "pad_width": [list(pair) for pair in self.pad_width],
+            "target_shape": list(self.target_shape),
+            "dims": list(self.dims),
+            "interpolation": self.interpolation,
         }
 
 
@@ -305,6 +345,47 @@ class SpikingAdd(SpikingLayer, keras.layers.Layer):
 
     def step(self, inputs, state, first, arithmetic: bool = False):
         return pairwise_sum(inputs), state
+
+
+@keras.utils.register_keras_serializable(package="qffs_tf")
+class SpikingConcatenate(SpikingLayer, keras.layers.Layer):
+    """Concatenation of spike trains or charges; each part keeps its own spike amplitude.
+
+    Parameters
+    ----------
+    axis : int
+        The axis in the QANN's tensors (batch = 0, positive); one more on temporal tensors.
+
+    Example
+    -------
+    >>> SpikingConcatenate(axis=3)([spikes_a, spikes_b])
+    """
+
+    def __init__(self, axis: int = -1, temporal: bool = True, **kwargs):
+        super().__init__(temporal=temporal, **kwargs)
+        self.axis = int(axis)
+
+    def _axis(self, temporal: bool) -> int:
+        return self.axis + 1 if temporal and self.axis > 0 else self.axis
+
+    def call(self, inputs):
+        return tf.concat(inputs, self._axis(self.temporal))
+
+    def step(self, inputs, state, first, arithmetic: bool = False):
+        if all(value is None for value in inputs):
+            return None, state
+        present = next(value for value in inputs if value is not None)
+        shapes = self.input_shape if isinstance(self.input_shape, list) else [self.input_shape]
+        parts = [
+            value
+            if value is not None
+            else tf.zeros(tf.concat([tf.shape(present)[:1], shape[2:]], 0), present.dtype)
+            for value, shape in zip(inputs, shapes, strict=True)
+        ]
+        return tf.concat(parts, self._axis(False)), state
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
 
 
 @tf.function(jit_compile=True)
@@ -330,18 +411,33 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
     >>> SpikingMaxPool2D((2, 2), (2, 2))(spikes)
     """
 
-    def __init__(self, pool_size=(2, 2), strides=(2, 2), padding="valid", temporal=True, **kwargs):
+    def __init__(
+        self,
+        pool_size=(2, 2),
+        strides=(2, 2),
+        padding="valid",
+        temporal=True,
+        global_pool: bool = False,
+        **kwargs,
+    ):
         super().__init__(temporal=temporal, **kwargs)
         self.pool_size = tuple(int(p) for p in pool_size)
         self.strides = tuple(int(s) for s in strides)
         self.padding = padding.upper()
+        self.global_pool = bool(global_pool)
 
     def pool(self, x: tf.Tensor) -> tf.Tensor:
+        """The max-pool on a batch of static-shaped counts (GlobalMaxPooling2D if global)."""
+        if self.global_pool:
+            return tf.reduce_max(x, axis=[1, 2])
         return tf.nn.max_pool2d(x, self.pool_size, self.strides, self.padding)
 
     def call(self, inputs):
         if not self.temporal:
             return self.pool(inputs)
+        if self.global_pool:
+            pooled = tf.reduce_max(running_sum(inputs), axis=[2, 3])
+            return pooled - tf.pad(pooled[:, :-1], [[0, 0], [1, 0], [0, 0]])
         return _temporal_max_pool(inputs, self.pool_size, self.strides, self.padding)
 
     def build(self, input_shape):
@@ -366,6 +462,7 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
             "pool_size": list(self.pool_size),
             "strides": list(self.strides),
             "padding": self.padding.lower(),
+            "global_pool": self.global_pool,
         }
 
 

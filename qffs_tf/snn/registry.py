@@ -13,6 +13,7 @@ def spiking_layer_classes() -> tuple[type, ...]:
         layers.SpikingAffine,
         layers.SpikingShapeOp,
         layers.SpikingAdd,
+        layers.SpikingConcatenate,
         layers.SpikingMaxPool2D,
         layers.Integrate,
         layers.Readout,
