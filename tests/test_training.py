@@ -10,6 +10,7 @@ from qffs_tf import io_utils, training
 from qffs_tf._keras import tf
 from qffs_tf.serialization import load_model
 from qffs_tf.training import StopForTest, TrainConfig, TrainConfigError
+from qffs_tf.training import run as training_run
 
 STEPS_PER_EPOCH = 8  # 256 examples / batch 32
 
@@ -109,7 +110,7 @@ def test_finished_run_is_not_retrained(reference_run, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(training, "_run_stage", no_training)
+    monkeypatch.setattr(training_run, "run_stage", no_training)
     assert training.train(tiny_config(run_dir)) == report
     assert os.stat(run_dir / "qat_model.keras").st_mtime_ns == before
 
