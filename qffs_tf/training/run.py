@@ -190,7 +190,7 @@ def _has_progress(run: RunFolder) -> bool:
     """Whether the folder holds training results that other settings would contradict."""
     if run.state.exists() or run.float_model.exists() or run.qat_model.exists():
         return True
-    return any(run.checkpoints(stage).glob("ckpt-*.index") for stage in STAGES)
+    return any(any(run.checkpoints(stage).glob("ckpt-*.index")) for stage in STAGES)
 
 
 def _check_run_folder(config: TrainConfig, run: RunFolder, chief: bool) -> None:
