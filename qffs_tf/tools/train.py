@@ -77,9 +77,8 @@ class _NoneSerializer(flags.ArgumentSerializer):
         return "none" if value is None else str(value)
 
 
-def _define(spec: FieldSpec, flag_values: flags.FlagValues) -> None:
+def _define(spec: FieldSpec, flag_values: flags.FlagValues, module: str) -> None:
     name, default, text = spec.flag, spec.default, spec.help
-    module = __name__
     if spec.kind is bool:
         flags.DEFINE_bool(name, default, text, flag_values=flag_values, module_name=module)
     elif spec.choices:
@@ -108,8 +107,11 @@ def _define(spec: FieldSpec, flag_values: flags.FlagValues) -> None:
         )  # fmt: skip
 
 
-def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+def define_flags(flag_values: flags.FlagValues = FLAGS, module: str = __name__) -> None:
     """Define one flag per TrainConfig field, plus --dry_run (idempotent).
+
+    `module` is the module the flags belong to; `--help` lists the main module's (absl names
+    it by `sys.argv[0]`).
 
     Example
     -------
@@ -121,11 +123,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     if "dry_run" in flag_values:
         return
     for spec in field_specs():
-        _define(spec, flag_values)
+        _define(spec, flag_values, module)
     flags.DEFINE_bool(
         "dry_run", False,
         "Validate the flags, build the model and print the plan; read no data, train nothing.",
-        flag_values=flag_values, module_name=__name__,
+        flag_values=flag_values, module_name=module,
     )  # fmt: skip
 
 
@@ -190,7 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     -------
     >>> main(["--flagfile=configs/quickstart.cfg", "--dry_run"])  # doctest: +SKIP
     """
-    define_flags()
+    # This tool is the program: its flags and its docstring are what --help shows.
+    define_flags(module=sys.argv[0])
+    main_module = sys.modules.get("__main__")
+    if main_module is not None:
+        main_module.__doc__ = __doc__
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     cli.run(_run)
