@@ -175,3 +175,25 @@ def test_console_entry_point_runs_the_same_tool(tmp_path):
         "qffs-train: error: flag --activation_bits=0: 0 is not an integer in the range [1, 8] "
         "(see --helpfull)"
     )
+
+
+def test_bad_numbers_and_a_file_as_run_dir_are_one_line_errors(tmp_path):
+    """Issue 11.4 for bin/train: no OverflowError for inf, no FileExistsError for a file."""
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        (["--width=inf"], "train: error: --width must be a finite number > 0, got inf."),
+        (["--lr_qat=nan"], "train: error: --lr_qat must be a finite number > 0, got nan."),
+        (
+            [f"--run_dir={a_file}"],
+            f"train: error: run folder {a_file} is a file, not a folder: pass another --run_dir.",
+        ),
+    ]
+    for args, expected in cases:
+        result = subprocess.run(
+            [sys.executable, TRAIN, f"--run_dir={tmp_path / 'run'}", *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == expected
+    assert not (tmp_path / "run").exists()
