@@ -5,6 +5,7 @@
     inputs.py       the run's input pipelines (epoch batches, calibration, test)
     checkpoints.py  a stage's checkpoint: finite-variables check, fallback to the previous one
     loop.py         one stage: optimizer, schedule, fit one epoch at a time, callbacks
+    float_model.py  the float model: model zoo, init_checkpoint weights
     run.py          train(): both stages, the run folder, evaluation and reports; plan()
     distribute.py   tf.distribute strategies, chief-only writing, sharded pipelines
 
