@@ -363,7 +363,7 @@ def validate_config(config: TrainConfig, flag_names: bool = False) -> None:
     >>> validate_config(TrainConfig(activation_bits=9))
     Traceback (most recent call last):
     ...
-    qffs_tf.errors.TrainConfigError: activation_bits must be 1..8, got 9.
+    qffs_tf.errors.TrainConfigError: activation_bits must be an integer in 1..8, got 9.
     """
     specs = {spec.name: spec for spec in field_specs()}
 
