@@ -46,7 +46,7 @@ class CheckpointError(QFFSError):
 
 
 class RunFolderError(QFFSError):
-    """A run folder that cannot be used: not a folder, not writable, or in use by another process."""
+    """A run folder that cannot be used: a file, not writable, or in use by another process."""
 
 
 class RunFolderBusyError(RunFolderError):
