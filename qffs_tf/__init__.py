@@ -55,7 +55,6 @@ _SUBMODULES = {
     "export",
     "quantization",
     "qat",
-    "distribute",
 }
 
 __all__ = sorted(_PUBLIC) + sorted(_SUBMODULES)
