@@ -125,27 +125,32 @@ def _save_figure(figure, path: str) -> None:
     plt.close(figure)
 
 
+_VARIANTS = (  # report-key metric names per SNN variant, their label and line style
+    ({"accuracy": "snn_accuracy_per_step", "agreement": "agreement_per_step"}, "QFFS SNN", "o-"),
+    (
+        {"accuracy": "plain_if_snn_accuracy_per_step", "agreement": "plain_if_agreement_per_step"},
+        "plain IF",
+        "s--",
+    ),
+    (
+        {"accuracy": "rate_accuracy_per_step", "agreement": "rate_agreement_per_step"},
+        "rate-coded",
+        "^-.",
+    ),
+)
+
+
 def plot_accuracy(report: dict, path: str) -> None:
     """Accuracy and agreement vs time step: QFFS, plain IF and rate-coded, the QANN as a line."""
     steps = list(range(1, report["timesteps"] + 1))
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key, label, style in (
-        ("snn_accuracy_per_step", "QFFS SNN", "o-"),
-        ("plain_if_snn_accuracy_per_step", "plain IF", "s--"),
-        ("rate_accuracy_per_step", "rate-coded", "^-."),
-    ):
-        if key in report:
-            axes[0].plot(steps, [100 * v for v in report[key]], style, label=label)
+    for axis, metric in zip(axes, ("accuracy", "agreement"), strict=True):
+        for keys, label, style in _VARIANTS:
+            if keys[metric] in report:
+                axis.plot(steps, [100 * v for v in report[keys[metric]]], style, label=label)
     if report.get("qann_accuracy") is not None:
         axes[0].axhline(100 * report["qann_accuracy"], color="gray", linestyle=":", label="QANN")
     axes[0].set(xlabel="time step", ylabel="accuracy (%)", title="Accuracy per time step")
-    for key, label, style in (
-        ("agreement_per_step", "QFFS SNN", "o-"),
-        ("plain_if_agreement_per_step", "plain IF", "s--"),
-        ("rate_agreement_per_step", "rate-coded", "^-."),
-    ):
-        if key in report:
-            axes[1].plot(steps, [100 * v for v in report[key]], style, label=label)
     axes[1].set(
         xlabel="time step", ylabel="top-1 agreement with QANN (%)", title="Agreement with the QANN"
     )
