@@ -21,3 +21,7 @@ class DatasetNotFoundError(QFFSError):
 
 class ExportError(QFFSError):
     """A model that cannot be exported to TFLite with builtin ops only."""
+
+
+class QuantizationError(QFFSError, ValueError):
+    """An argument of quantize_model or the quantizer that cannot work (bits, init, data)."""

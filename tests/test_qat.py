@@ -9,7 +9,7 @@ import tensorflow_model_optimization as tfmot
 import qffs_tf
 from qffs_tf._keras import keras, tf
 from qffs_tf.errors import UnsupportedModelError
-from qffs_tf.qat import quantized_activations
+from qffs_tf.quantization import quantized_activations
 
 
 def all_relu_forms_model():
