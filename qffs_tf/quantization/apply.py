@@ -134,9 +134,10 @@ def calibration_images(calibration_data, model: keras.Model | None = None):
     if model is not None and len(model.inputs) == 1:
         expected = tuple(model.inputs[0].shape[1:])
         got = values.shape[1:]
-        if len(got) != len(expected) or any(
-            e is not None and e != g for e, g in zip(expected, got)
-        ):
+        fits = len(got) == len(expected) and all(
+            e is None or e == g for e, g in zip(expected, got, strict=True)
+        )
+        if not fits:
             raise QuantizationError(
                 f"calibration_data has images of shape {got}, the model expects "
                 f"{tuple(None if e is None else int(e) for e in expected)}; pass images shaped "

@@ -378,30 +378,49 @@ _LINEAR_HOW = "weights; a fused activation='relu' / 'relu6' becomes a QFFS activ
 register(L.InputLayer, "passive", "the input")
 register(L.Conv2D, "linear", _LINEAR_HOW, (_channels_last, _ungrouped))
 register(L.DepthwiseConv2D, "linear", _LINEAR_HOW, (_channels_last,))
-register(L.SeparableConv2D, "linear", _LINEAR_HOW + " (depthwise then pointwise)", (_channels_last,))  # fmt: skip
+register(
+    L.SeparableConv2D, "linear", _LINEAR_HOW + " (depthwise then pointwise)", (_channels_last,)
+)
 register(L.Conv2DTranspose, "linear", _LINEAR_HOW, (_channels_last,))
 register(L.Dense, "linear", _LINEAR_HOW)
-register(L.ReLU, "activation", "QFFS activation; ReLU(max_value=m) caps the top level at m", (_plain_or_capped_relu,))  # fmt: skip
+register(
+    L.ReLU,
+    "activation",
+    "QFFS activation; ReLU(max_value=m) caps the top level at m",
+    (_plain_or_capped_relu,),
+)
 register(L.Activation, "activation", "'relu' / 'relu6': QFFS activation; 'linear': identity")
 register(QuantReLU, "activation", "already a QFFS activation")
 register(L.Softmax, "activation", "output layer only: kept, applied to the SNN's logits")
-register(L.BatchNormalization, "passive", "per-channel affine; folded at conversion", (_last_axis,))  # fmt: skip
+register(L.BatchNormalization, "passive", "per-channel affine; folded at conversion", (_last_axis,))
 register(L.MaxPooling2D, "passive", "max-pool (on spike counts in the SNN)", (_channels_last,))
 register(L.AveragePooling2D, "passive", "linear, any stride and padding", (_channels_last,))
 register(L.GlobalAveragePooling2D, "passive", "linear", (_channels_last,))
-register(L.GlobalMaxPooling2D, "passive", "max over positions (on spike counts)", (_channels_last,))  # fmt: skip
+register(L.GlobalMaxPooling2D, "passive", "max over positions (on spike counts)", (_channels_last,))
 register(L.Flatten, "passive", "shape only", (_channels_last,))
 register(L.Reshape, "passive", "shape only")
 register(L.Permute, "passive", "shape only")
 register(L.ZeroPadding2D, "passive", "shape only", (_channels_last,))
 register(L.Cropping2D, "passive", "shape only", (_channels_last,))
-register(L.UpSampling2D, "passive", "linear (nearest or bilinear)", (_channels_last, _linear_interpolation))  # fmt: skip
+register(
+    L.UpSampling2D,
+    "passive",
+    "linear (nearest or bilinear)",
+    (_channels_last, _linear_interpolation),
+)
 register(L.Add, "passive", "linear (residual connections)")
-register(L.Concatenate, "passive", "joins tensors; each part keeps its own scale", (_not_batch_axis,))  # fmt: skip
+register(
+    L.Concatenate, "passive", "joins tensors; each part keeps its own scale", (_not_batch_axis,)
+)
 register(L.Dropout, "passive", "identity at inference")
 register(L.SpatialDropout2D, "passive", "identity at inference", (_channels_last,))
 register(L.Rescaling, "passive", "affine preprocessing (part of the static input computation)")
-register(L.Normalization, "passive", "affine preprocessing (part of the static input computation)", (_normalization_axis,))  # fmt: skip
+register(
+    L.Normalization,
+    "passive",
+    "affine preprocessing (part of the static input computation)",
+    (_normalization_axis,),
+)
 
 _PRODUCT = (
     "multiplies two activations; a synapse only adds the spikes it receives, so the product "
