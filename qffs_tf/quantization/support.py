@@ -211,7 +211,11 @@ _REFUSED_ACTIVATIONS: dict[str, str] = {
     "mish": f"mish {_NOT_MONOTONE}. {_USE_RELU}",
     "hard_swish": f"hard_swish {_NOT_MONOTONE}. {_USE_RELU}",
     "sigmoid": f"sigmoid {_SATURATING}. {_USE_RELU6}",
-    "hard_sigmoid": f"hard_sigmoid {_SATURATING}. {_USE_RELU6}",
+    "hard_sigmoid": (
+        "hard_sigmoid is clip(0.2 x + 0.5, 0, 1): its output is 0.5 at x = 0, where a quantized "
+        "ReLU starts at 0. Closest supported alternative: ReLU(max_value=1) with the 0.2 scale "
+        "and the 0.5 offset folded into the previous layer's weights and bias"
+    ),
     "tanh": f"tanh {_SATURATING} (and {_NEGATIVE}). {_USE_RELU6}",
     "softsign": f"softsign {_SATURATING} (and {_NEGATIVE}). {_USE_RELU6}",
     "elu": f"elu {_NEGATIVE}. {_USE_RELU}",
