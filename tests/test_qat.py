@@ -436,6 +436,19 @@ def test_nested_models_are_inlined():
     np.testing.assert_allclose(qat(x).numpy(), model(x).numpy(), atol=0.02)
 
 
+def test_sequential_around_a_nested_model_with_clashing_names():
+    inner_in = keras.Input((4,), name="inner_input")
+    inner = keras.Model(inner_in, L.Dense(4, activation="relu6", name="features")(inner_in))
+    model = keras.Sequential([keras.Input((4,), name="features"), inner, L.Dense(2)])
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    qat = qffs_tf.quantize_model(model, 8, calibration_data=x * 4)
+    names = [layer.name for layer in qat.layers]
+    assert len(set(names)) == len(names)
+    (spec,) = quantized_activations(qat).values()
+    assert spec.max_value == 6.0
+    np.testing.assert_allclose(qat(x).numpy(), model(x).numpy(), atol=0.05)
+
+
 def test_subclassed_nested_model_is_refused():
     class Block(keras.Model):
         def __init__(self):

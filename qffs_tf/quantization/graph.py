@@ -183,8 +183,8 @@ def flatten_graph(model: keras.Model) -> FlatGraph:
 
     top = next(instances)
     walk(model, top, "", {})
-    _assign_unique_names(calls)
     input_layers = [t._keras_history.layer for t in model.inputs]
+    _assign_unique_names(calls, {layer.name for layer in input_layers})
     return FlatGraph(
         name=model.name,
         inputs=[(layer, key(top, t)) for layer, t in zip(input_layers, model.inputs, strict=True)],
@@ -194,9 +194,9 @@ def flatten_graph(model: keras.Model) -> FlatGraph:
     )
 
 
-def _assign_unique_names(calls: list[LayerCall]) -> None:
+def _assign_unique_names(calls: list[LayerCall], input_names: set[str]) -> None:
     """Keep every layer's name unless an inlined layer clashes: then prefix its model's name."""
-    taken = {call.layer.name for call in calls if not call.scope}
+    taken = input_names | {call.layer.name for call in calls if not call.scope}
     named: dict[int, str] = {}
     for call in calls:
         if not call.scope:
