@@ -28,7 +28,7 @@ _PUBLIC = {
     "QuantReLU": "quantization",
     "QFFSActivationQuantizer": "quantization",
     "custom_objects": "quantization",
-    "quantize_model": "qat",
+    "quantize_model": "quantization",
     "load_model": "serialization",
     "convert": "conversion",
     "simulate": "simulation",

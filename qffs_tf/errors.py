@@ -70,3 +70,7 @@ class StopForTest(Exception):
 
 class CorruptFileError(QFFSError, ValueError):
     """A file of a run folder (JSON) that cannot be read: not UTF-8, not JSON, wrong shape."""
+
+
+class QuantizationError(QFFSError, ValueError):
+    """An argument of quantize_model or the quantizer that cannot work (bits, init, data)."""

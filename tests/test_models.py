@@ -21,6 +21,7 @@ ALLOWED = {
     L.GlobalAveragePooling2D,
     L.Flatten,
     L.Add,
+    L.Concatenate,
     L.ZeroPadding2D,
     L.Dropout,
     L.InputLayer,
@@ -50,8 +51,10 @@ def _tiny(name: str, input_shape=SMALL, num_classes: int = 7) -> keras.Model:
     return models.build(name, **kwargs)
 
 
-CASES = [(name, SMALL) for name in models.NAMES] + [
-    (name, IMAGENET_SMALL) for name in ("vgg16", "resnet18", "resnet50", "mobilenet_v1")
+# densenet121 (428 layers) only at 64x64: building it costs seconds.
+CASES = [(name, SMALL) for name in models.NAMES if name != "densenet121"] + [
+    (name, IMAGENET_SMALL)
+    for name in ("vgg16", "resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2", "densenet121")
 ]
 
 
@@ -77,7 +80,10 @@ def test_every_model_builds_with_allowed_layers_and_logits(name, input_shape):
             assert type(_inbound(layer)[0]) in (L.BatchNormalization, L.Add), layer.name
         if type(layer) is L.BatchNormalization:
             (source,) = _inbound(layer)
-            assert not source.use_bias, source.name  # the BN carries the bias
+            if hasattr(source, "use_bias"):
+                assert not source.use_bias, source.name  # the BN carries the bias
+            else:  # DenseNet's pre-activation BN after a Concatenate or a pooling layer
+                assert type(source) in (L.Concatenate, L.AveragePooling2D, L.MaxPooling2D)
             assert (layer.momentum, layer.epsilon) == (0.9, 1e-5)  # PyTorch-like, fast stats
     assert len(_of_type(model, L.ReLU)) > 0
 
@@ -124,6 +130,9 @@ def test_small_cnn_exact_parameter_count_and_width_scaling():
         ("resnet18", dict(input_shape=(224, 224, 3), num_classes=1000), 11_689_512),
         ("resnet50", dict(input_shape=(224, 224, 3), num_classes=1000), 25_557_032),
         ("mobilenet_v1", dict(input_shape=(224, 224, 3), num_classes=1000), 4_231_976),
+        # keras.applications.MobileNetV2 / DenseNet121(weights=None), trainable weights
+        ("mobilenet_v2", dict(input_shape=(224, 224, 3), num_classes=1000), 3_504_872),
+        ("densenet121", dict(input_shape=(224, 224, 3), num_classes=1000), 7_978_856),
     ],
 )
 def test_full_size_imagenet_models_match_reference_parameter_counts(name, kwargs, trainable):
@@ -290,6 +299,9 @@ def test_build_by_name_and_names():
         "resnet34",
         "resnet50",
         "mobilenet_v1",
+        "mobilenet_v2",
+        "densenet",
+        "densenet121",
     ):
         assert required in models.NAMES
     model = models.build("resnet34", input_shape=SMALL, num_classes=4, width=0.125)
@@ -297,6 +309,8 @@ def test_build_by_name_and_names():
     assert len(_of_type(model, L.Add)) == 16
     assert models.build("VGG-16", input_shape=SMALL, width=0.125).name == "vgg16"
     assert models.build("MobileNetV1", input_shape=SMALL, width=0.125).name == "mobilenet_v1"
+    assert models.build("MobileNetV2", input_shape=SMALL, width=0.125).name == "mobilenet_v2"
+    assert models.build("Dense_Net", input_shape=SMALL, blocks=(1,), width=0.125).name == "densenet"
 
 
 def test_unknown_name_lists_the_known_names():
@@ -318,8 +332,109 @@ def test_unknown_name_lists_the_known_names():
         (lambda: models.resnet(18, input_shape=(32, 32)), "input_shape"),
         (lambda: models.mobilenet_v1(num_classes=0), "num_classes"),
         (lambda: models.small_cnn(weight_decay=-1.0), "weight_decay"),
+        (lambda: models.densenet(blocks=()), "blocks=()"),
+        (lambda: models.densenet(growth_rate=0), "growth_rate=0"),
+        (lambda: models.densenet(compression=1.5), "compression=1.5"),
+        (lambda: models.densenet((2,) * 6, input_shape=(16, 16, 3)), "at least 32x32"),
+        (lambda: models.mobilenet_v2(width=-1), "width=-1"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(call, message):
     with pytest.raises(UnsupportedModelError, match=message):
         call()
+
+
+def test_mobilenet_v2_structure():
+    model = models.mobilenet_v2(input_shape=IMAGENET_SMALL, num_classes=5, width=0.25)
+    dws = _of_type(model, L.DepthwiseConv2D)
+    assert len(dws) == 17
+    assert [d.strides[0] for d in dws] == [1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]
+    # Residual Adds where a block keeps the shape: 1 + 2 + 3 + 2 + 2 of the repeated blocks.
+    adds = _of_type(model, L.Add)
+    assert len(adds) == 10
+    for add in adds:  # linear bottleneck: the projection's BN feeds the Add, no ReLU after it
+        assert any(type(la) is L.BatchNormalization for la in _inbound(add))
+        assert not [la for la in model.layers if type(la) is L.ReLU and _inbound(la) == [add]]
+    assert model.get_layer("block1_expand_conv").filters == 16 * 6 // 4  # expansion 6
+    assert "block0_expand_conv" not in [la.name for la in model.layers]  # t = 1: no expansion
+    assert model.get_layer("last_conv").filters == 320  # 1280 * 0.25
+    assert model.get_layer("avg_pool").input_shape[1:3] == (2, 2)  # 64 / 32
+    small = models.mobilenet_v2(input_shape=SMALL, num_classes=5, width=0.25)
+    assert small.get_layer("stem_conv").strides == (1, 1)
+    assert small.get_layer("avg_pool").input_shape[1:3] == (4, 4)  # 32 / 8
+    capped = models.mobilenet_v2(input_shape=SMALL, width=0.125, relu_max_value=6.0)
+    assert {float(la.max_value) for la in _of_type(capped, L.ReLU)} == {6.0}
+
+
+def test_densenet_structure_and_channel_counts():
+    model = models.densenet(input_shape=SMALL, num_classes=10)  # DenseNet-BC-40, k = 12
+    concats = _of_type(model, L.Concatenate)
+    assert len(concats) == 18  # 3 blocks x 6 dense layers
+    # channels: stem 2k = 24, + 6k per block, halved by each transition
+    assert model.get_layer("block1_layer6_concat").output_shape[-1] == 24 + 72
+    assert model.get_layer("transition1_conv").filters == 48
+    assert model.get_layer("block2_layer6_concat").output_shape[-1] == 48 + 72
+    assert model.get_layer("avg_pool").input_shape[1:] == (8, 8, 60 + 72)
+    # Pre-activation: every dense layer starts with BN -> ReLU on the concatenation.
+    first = model.get_layer("block2_layer3_1_bn")
+    assert _inbound(first)[0].name == "block2_layer2_concat"
+    assert _inbound(model.get_layer("block2_layer3_1_relu"))[0] is first
+    assert model.get_layer("block1_layer1_1_conv").filters == 48  # bottleneck 4k
+    pools = _of_type(model, L.AveragePooling2D)
+    assert [p.name for p in pools] == ["transition1_pool", "transition2_pool"]
+    wide = models.densenet(input_shape=(28, 28, 1), growth_rate=12, width=2.0, blocks=(2, 2))
+    assert wide.get_layer("block1_layer1_2_conv").filters == 24
+    assert wide.get_layer("avg_pool").input_shape[1:3] == (14, 14)
+    big = models.densenet((1, 2, 1, 1), input_shape=IMAGENET_SMALL, growth_rate=32, width=0.125)
+    assert len(_of_type(big, L.Concatenate)) == 5
+    assert big.get_layer("stem_conv").kernel_size == (7, 7)
+    assert big.get_layer("stem_pool").output_shape[1:3] == (16, 16)
+    assert big.get_layer("avg_pool").input_shape[1:3] == (2, 2)  # 64 / 32
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("mobilenet_v2", dict(width=0.25, relu_max_value=6.0)),
+        ("densenet", dict(width=0.5, blocks=(2, 2, 2))),
+    ],
+)
+def test_new_zoo_models_quantize(name, kwargs):
+    import qffs_tf
+
+    model = models.build(name, input_shape=SMALL, num_classes=5, **kwargs)
+    x = np.random.default_rng(0).random((4, *SMALL), dtype=np.float32)
+    qat = qffs_tf.quantize_model(model, 2, calibration_data=x)
+    specs = qffs_tf.quantization.quantized_activations(qat)
+    assert len(specs) == len(_of_type(model, L.ReLU))  # every ReLU, none left out
+    assert {spec.max_value for spec in specs.values()} == {kwargs.get("relu_max_value")}
+    assert qat(x).shape == (4, 5)
+
+
+# ----------------------------------------------------------------------------- applications
+
+
+def test_from_keras_application_by_name_and_by_constructor():
+    by_name = models.from_keras_application("mobilenet_v2", (32, 32, 3), 7, alpha=0.35)
+    assert by_name.name.startswith("mobilenetv2_0.35") and by_name.output_shape == (None, 7)
+    assert by_name.input_shape == (None, 32, 32, 3)
+    assert by_name.layers[-1].activation is keras.activations.softmax  # default head kept
+    by_constructor = models.from_keras_application(
+        keras.applications.MobileNet, (32, 32, 1), 3, alpha=0.25, classifier_activation=None
+    )
+    assert by_constructor.output_shape == (None, 3)
+    assert by_constructor.layers[-1].activation is keras.activations.linear
+    assert "MobileNetV2" in models.application_names()
+
+
+def test_from_keras_application_errors():
+    with pytest.raises(UnsupportedModelError, match="'AlexNet' is not a tf_keras.applications"):
+        models.from_keras_application("AlexNet", (32, 32, 3), 10)
+    with pytest.raises(UnsupportedModelError, match=r"ResNet50.*refused.*32.*pad or resize"):
+        models.from_keras_application("ResNet50", (28, 28, 1), 10)
+    with pytest.raises(UnsupportedModelError, match="input_shape"):
+        models.from_keras_application("ResNet50", (32, 32), 10)
+    with pytest.raises(UnsupportedModelError, match="'stem_activation'.*swish"):
+        models.from_keras_application("EfficientNetB0", (32, 32, 3), 10)
+    unchecked = models.from_keras_application("EfficientNetB0", (32, 32, 3), 10, check=False)
+    assert unchecked.output_shape == (None, 10)
