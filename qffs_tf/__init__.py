@@ -7,6 +7,9 @@ step by step, and export both networks to TFLite.
 The whole project runs on tf_keras (Keras 2), because tensorflow-model-optimization supports
 only Keras 2. Importing this package sets ``TF_USE_LEGACY_KERAS=1`` so that ``tf.keras`` is
 tf_keras too; import ``qffs_tf`` before TensorFlow when you can.
+
+Importing the package also registers every class a saved qffs_tf model refers to (see
+`qffs_tf.serialization`), so plain ``tf_keras.models.load_model`` opens QAT models and SNNs.
 """
 
 from __future__ import annotations
@@ -25,9 +28,16 @@ _PUBLIC = {
     "QFFSError": "errors",
     "ConversionError": "errors",
     "DatasetNotFoundError": "errors",
+    "UnsupportedModelError": "errors",
+    "ExportError": "errors",
+    "InvalidArgumentError": "errors",
+    "InvalidTypeError": "errors",
+    "InvalidInputError": "errors",
+    "ModelLoadError": "errors",
+    "ModelNotFoundError": "errors",
     "QuantReLU": "quantization",
     "QFFSActivationQuantizer": "quantization",
-    "custom_objects": "quantization",
+    "custom_objects": "serialization",
     "quantize_model": "qat",
     "load_model": "serialization",
     "convert": "conversion",
@@ -36,6 +46,8 @@ _PUBLIC = {
     "export_tflite": "export",
 }
 _SUBMODULES = {
+    "errors",
+    "serialization",
     "models",
     "data",
     "training",
@@ -68,3 +80,11 @@ def __getattr__(name: str):
 
 def __dir__():
     return __all__
+
+
+# Registration with Keras must not wait for a lazy attribute: a user who only calls
+# tf_keras.models.load_model never touches one. TensorFlow's C++ start-up messages are muted.
+from qffs_tf.cli import muted_stderr as _muted_stderr  # noqa: E402
+
+with _muted_stderr():
+    from qffs_tf import serialization as _serialization  # noqa: E402, F401
