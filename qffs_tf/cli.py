@@ -484,8 +484,17 @@ def run(
         _defined.add(define_flags)
         _show_flags_in_help(main.__module__)
     logging.get_absl_logger().addFilter(_not_tensorflow_info)
+    # absl runs its init callbacks between flag parsing and main; TensorFlow registers one
+    # that probes for GPUs and prints CUDA errors from C++. stderr is muted for that span.
+    init = contextlib.ExitStack()
+
+    def parse(args: list[str]) -> list[str]:
+        rest = _parse_flags(args)
+        init.enter_context(muted_stderr())
+        return rest
 
     def guarded(args: list[str]) -> int | None:
+        init.close()
         try:
             return main(args)
         except KeyboardInterrupt:
@@ -496,10 +505,13 @@ def run(
             _report(e)
 
     try:
-        app.run(guarded, argv=argv, flags_parser=_parse_flags)
+        app.run(guarded, argv=argv, flags_parser=parse)
     except KeyboardInterrupt:  # during flag parsing or start-up
+        init.close()
         sys.stderr.write(f"{tool_name()}: interrupted\n")
         sys.exit(EXIT_INTERRUPTED)
+    finally:
+        init.close()
 
 
 def load_model(path: str, what: str, flag: str, missing: str) -> Any:
