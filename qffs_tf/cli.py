@@ -504,6 +504,7 @@ def run(
         except Exception as e:  # the boundary: every failure becomes one line
             _report(e)
 
+    flags.FLAGS.unparse_flags()  # a second run in one process starts from the defaults too
     try:
         app.run(guarded, argv=argv, flags_parser=parse)
     except KeyboardInterrupt:  # during flag parsing or start-up
