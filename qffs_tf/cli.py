@@ -64,10 +64,8 @@ def tool_name() -> str:
 
     Example
     -------
-    >>> import sys
     >>> from qffs_tf import cli
-    >>> sys.argv[0] = "/usr/bin/qffs-convert"
-    >>> cli.tool_name()
+    >>> cli.tool_name()  # started as /venv/bin/qffs-convert  # doctest: +SKIP
     'qffs-convert'
     """
     if _tool:
@@ -550,6 +548,9 @@ def load_model(path: str, what: str, flag: str, missing: str) -> Any:
     >>> qat = cli.load_model(path, "QAT model", "--run_dir", "run bin/train")  # doctest: +SKIP
     """
     if not os.path.exists(path):
+        blocker = _file_part_of(os.path.dirname(path))
+        if blocker:
+            missing = f"'{blocker}' is a file, not a folder; pass the folder of the run"
         raise ModelNotFoundError(f"No {what} at '{path}' ({flag}): {missing}.")
     from qffs_tf import serialization
 

@@ -28,7 +28,7 @@ import tensorflow_model_optimization as tfmot
 import qffs_tf.quantization  # noqa: F401  (registers the quantizer, QuantReLU, QuantizeConfigs)
 import qffs_tf.snn  # noqa: F401  (registers every spiking layer and neuron model)
 from qffs_tf._keras import keras, tf
-from qffs_tf.errors import ModelLoadError, ModelNotFoundError
+from qffs_tf.errors import InvalidTypeError, ModelLoadError, ModelNotFoundError
 
 __all__ = ["PACKAGE", "QuantizeWrapperV2", "custom_objects", "register_classes", "load_model"]
 
@@ -192,6 +192,8 @@ def load_model(
 
     Raises
     ------
+    InvalidTypeError
+        `path` is not a str or os.PathLike (also a `TypeError`).
     ModelNotFoundError
         Nothing exists at `path` (also a `FileNotFoundError`).
     ModelLoadError
@@ -205,6 +207,10 @@ def load_model(
     >>> snn = qffs_tf.load_model("runs/quickstart/snn.keras")  # doctest: +SKIP
     >>> logits = snn.predict(images)  # doctest: +SKIP
     """
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidTypeError(
+            f"path must be a str or os.PathLike naming a saved model, got {type(path).__name__}."
+        )
     path = os.fspath(path)
     _check_path(path)
     register_classes()

@@ -181,6 +181,17 @@ def test_missing_model_names_the_flag_and_the_fix(tmp_path, tool):
     assert "bin/train" in message
 
 
+@pytest.mark.parametrize("tool", ["convert", "evaluate", "export"])
+def test_run_dir_that_is_a_file_is_named(tmp_path, tool):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    code, _, stderr = run_tool(tool, f"--run_dir={a_file}")
+    assert code == 2, stderr
+    message = one_line_error(stderr, tool)
+    assert f"(--run_dir): '{a_file}' is a file, not a folder" in message
+    assert a_file.read_text() == "not a folder"
+
+
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     ready = tmp_path / "ready"
 

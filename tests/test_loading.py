@@ -14,7 +14,7 @@ import pytest
 
 import qffs_tf
 from qffs_tf._keras import keras
-from qffs_tf.errors import ModelLoadError, ModelNotFoundError, QFFSError
+from qffs_tf.errors import InvalidTypeError, ModelLoadError, ModelNotFoundError, QFFSError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = {"keras": "{name}.keras", "h5": "{name}.h5", "savedmodel": "{name}_savedmodel"}
@@ -205,3 +205,9 @@ def test_unreadable_file_is_a_model_load_error(saved, tmp_path):
     path.chmod(0)
     with pytest.raises(ModelLoadError, match="permission denied"):
         qffs_tf.load_model(path)
+
+
+def test_path_of_the_wrong_type_is_an_invalid_type_error():
+    with pytest.raises(InvalidTypeError, match="path must be a str or os.PathLike") as caught:
+        qffs_tf.load_model(None)
+    assert isinstance(caught.value, TypeError)
