@@ -63,8 +63,18 @@ def _tfmot_objects() -> dict[str, object]:
 
 
 def _qffs_objects() -> dict[str, object]:
-    """Every class registered with package="qffs_tf", under its registered and bare names."""
+    """qffs_tf's classes, under their registered ("qffs_tf>Name") and bare names.
+
+    The union of what the quantization and SNN packages list as their custom objects and of
+    everything registered with Keras under package="qffs_tf" (a neuron model defined and
+    registered in user code included).
+    """
     objects: dict[str, object] = {}
+    for source in (qffs_tf.quantization.custom_objects(), qffs_tf.snn.custom_objects()):
+        for name, obj in source.items():
+            bare = name.split(">", 1)[-1]
+            objects[bare] = obj
+            objects[f"{_PREFIX}{bare}"] = obj
     for name, obj in keras.utils.get_custom_objects().items():
         if name.startswith(_PREFIX):
             objects[name] = obj

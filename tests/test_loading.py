@@ -37,7 +37,8 @@ def tiny_qat_and_snn():
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """Every saved kind of both models, the input images and the reference outputs."""
+    """Every saved kind of both models, the input images, the reference outputs and the layer
+    classes of the models as built."""
     folder = tmp_path_factory.mktemp("saved")
     qat, snn, images = tiny_qat_and_snn()
     paths = {}
@@ -48,7 +49,8 @@ def saved(tmp_path_factory):
             model.save(path, save_format={"keras": None, "h5": "h5", "savedmodel": "tf"}[kind])
             paths[f"{name}.{kind}"] = str(path)
     np.save(folder / "images.npy", images)
-    return folder, paths
+    classes = {"qat": layer_classes(qat), "snn": layer_classes(snn)}
+    return folder, paths, classes
 
 
 # Run in a fresh interpreter: only `import qffs_tf` may register anything. Outputs must equal
@@ -67,11 +69,10 @@ LOADER = textwrap.dedent(
         for key, path in paths.items():
             model = load(path)
             reference = np.load(f"{folder}/{key.split('.')[0]}_reference.npy")
-            classes = sorted({type(layer).__module__.split(".")[0] + "." + type(layer).__name__
-                              for layer in model.layers})
             out[key] = {
                 "equal": bool(np.array_equal(model.predict(images, verbose=0), reference)),
-                "classes": classes,
+                "classes": [f"{type(layer).__module__}.{type(layer).__qualname__}"
+                            for layer in model.layers],
             }
         return out
 
@@ -86,8 +87,12 @@ LOADER = textwrap.dedent(
 )
 
 
+def layer_classes(model) -> list[str]:
+    return [f"{type(layer).__module__}.{type(layer).__qualname__}" for layer in model.layers]
+
+
 def test_every_saved_kind_loads_in_a_fresh_process(saved):
-    folder, paths = saved
+    folder, paths, built = saved
     done = subprocess.run(
         [sys.executable, "-c", LOADER, str(folder), json.dumps(paths)],
         capture_output=True,
@@ -100,22 +105,25 @@ def test_every_saved_kind_loads_in_a_fresh_process(saved):
     line = next(line for line in done.stdout.splitlines() if line.startswith("RESULTS "))
     results = json.loads(line[len("RESULTS ") :])
     assert set(results) == {"keras", "qffs_tf", "custom_objects"}
+    wrapper = "tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper."
+    fixed = "qffs_tf.serialization.QuantizeWrapperV2"
     for how, by_path in results.items():
         assert set(by_path) == set(paths), how
         for key, result in by_path.items():
             assert result["equal"], (how, key)
-            classes = result["classes"]
-            if key.startswith("snn"):
-                # Real qffs_tf layers, not SavedModel's generic revived stand-ins.
-                assert "qffs_tf.IFNeurons" in classes, (how, key, classes)
-                assert "qffs_tf.SpikingLinear" in classes, (how, key, classes)
-            else:
-                assert "qffs_tf.QuantizeWrapperV2" in classes, (how, key, classes)
+            # The real classes, not SavedModel's generic revived stand-ins; a QAT model's
+            # wrappers come back as the subclass that reloads its variables in order.
+            expected = [
+                fixed if name == wrapper + "QuantizeWrapperV2" else name
+                for name in built[key.split(".")[0]]
+            ]
+            assert result["classes"] == expected, (how, key)
+    assert fixed in results["keras"]["qat.h5"]["classes"]
+    assert any(name.startswith("qffs_tf.snn.") for name in built["snn"])
 
 
 def test_custom_objects_holds_every_registered_class():
-    from qffs_tf import quantization
-    from qffs_tf.snn import layers as spiking
+    from qffs_tf import quantization, snn
 
     objects = qffs_tf.custom_objects()
     registered = {
@@ -123,14 +131,14 @@ def test_custom_objects_holds_every_registered_class():
         for name, obj in keras.utils.get_custom_objects().items()
         if name.startswith("qffs_tf>")
     }
-    assert {"qffs_tf>IFCell", "qffs_tf>IFNeurons", "qffs_tf>QuantReLU"} <= set(registered)
+    listed = {**quantization.custom_objects(), **snn.custom_objects()}
+    assert "qffs_tf>QuantReLU" in registered and len(listed) >= 8
     for name, obj in registered.items():
         assert objects[name] is obj
         assert objects[name.split(">", 1)[1]] is obj  # the bare name, used by .h5 and cells
-    for cls in spiking.SPIKING_LAYERS:
-        assert objects[cls.__name__] is cls
-    for name, obj in quantization.custom_objects().items():
+    for name, obj in listed.items():
         assert objects[name] is obj
+        assert objects["qffs_tf>" + name.split(">", 1)[-1]] is obj
     for name in ("QuantizeAwareActivation", "NoOpActivation", "QuantizeLayer"):
         assert name in objects  # tfmot's classes: no quantize_scope needed
     assert objects["QuantizeWrapperV2"] is qffs_tf.serialization.QuantizeWrapperV2
@@ -139,13 +147,14 @@ def test_custom_objects_holds_every_registered_class():
 def test_import_registers_globally():
     global_objects = keras.utils.get_custom_objects()
     assert global_objects["QuantizeWrapperV2"] is qffs_tf.serialization.QuantizeWrapperV2
-    assert global_objects["IFCell"] is qffs_tf.snn.layers.IFCell
     assert global_objects["QuantReLU"] is qffs_tf.QuantReLU
+    for name, cls in qffs_tf.snn.custom_objects().items():
+        assert global_objects[name.split(">", 1)[-1]] is cls
 
 
 def test_reloaded_qat_model_saves_and_loads_again(saved, tmp_path):
     """The wrapper subclass serializes under tfmot's name, so a loaded model round-trips."""
-    folder, paths = saved
+    folder, paths, _ = saved
     model = qffs_tf.load_model(paths["qat.keras"])
     model.save(tmp_path / "again.keras")
     with zipfile.ZipFile(tmp_path / "again.keras") as archive:
@@ -182,7 +191,7 @@ def _truncate(source, target, keep):
     ids=["missing", "truncated-keras", "text-keras", "truncated-h5", "random-h5", "folder", "zip"],
 )
 def test_unreadable_models_raise_model_load_error(saved, tmp_path, make, expected):
-    _, paths = saved
+    _, paths, _ = saved
     before = set(os.listdir(tmp_path))
     made = make(paths, tmp_path)
     created = set(os.listdir(tmp_path)) - before
@@ -199,7 +208,7 @@ def test_unreadable_models_raise_model_load_error(saved, tmp_path, make, expecte
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files without read permission")
 def test_unreadable_file_is_a_model_load_error(saved, tmp_path):
-    _, paths = saved
+    _, paths, _ = saved
     path = tmp_path / "locked.keras"
     path.write_bytes(open(paths["snn.keras"], "rb").read())
     path.chmod(0)
