@@ -464,8 +464,8 @@ def converted_twice(tmp_path_factory):
     run = f"--run_dir={folder / 'run'}"
     other = f"--qat_model={folder / 'other_qat.keras'}"
     runs = [
-        ["convert", run, "--timesteps=4", "--verify_samples=8"],
-        ["convert", run, other, "--timesteps=6", "--verify_samples=8"],
+        [run, "--timesteps=4", "--verify_samples=8"],
+        [run, other, "--timesteps=6", "--verify_samples=8"],
     ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1", "PYTHONPATH": ROOT}
     env.pop("QFFS_DEBUG", None)

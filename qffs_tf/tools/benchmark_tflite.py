@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Parameters
     ----------
     argv : sequence of str, optional
-        Full command line, program name first (default `sys.argv`).
+        The arguments, without the program name (default: the command line).
 
     Raises
     ------
@@ -170,10 +170,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Example
     -------
     >>> from qffs_tf.tools import benchmark_tflite
-    >>> benchmark_tflite.main(["benchmark_tflite", "--run_dir=runs/quickstart"])
-    ... # doctest: +SKIP
+    >>> benchmark_tflite.main(["--run_dir=runs/quickstart"])  # doctest: +SKIP
     """
-    cli.run(_benchmark, argv, define_flags=_define_flags)
+    command_line = None if argv is None else ["benchmark_tflite", *argv]
+    cli.run(_benchmark, command_line, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

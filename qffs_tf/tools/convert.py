@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Parameters
     ----------
     argv : sequence of str, optional
-        Full command line, program name first (default `sys.argv`).
+        The arguments, without the program name (default: the command line).
 
     Raises
     ------
@@ -113,9 +113,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Example
     -------
     >>> from qffs_tf.tools import convert
-    >>> convert.main(["convert", "--run_dir=runs/quickstart", "--timesteps=8"])  # doctest: +SKIP
+    >>> convert.main(["--run_dir=runs/quickstart", "--timesteps=8"])  # doctest: +SKIP
     """
-    cli.run(_convert, argv, define_flags=_define_flags)
+    command_line = None if argv is None else ["convert", *argv]
+    cli.run(_convert, command_line, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

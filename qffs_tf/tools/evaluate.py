@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Parameters
     ----------
     argv : sequence of str, optional
-        Full command line, program name first (default `sys.argv`).
+        The arguments, without the program name (default: the command line).
 
     Raises
     ------
@@ -148,9 +148,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Example
     -------
     >>> from qffs_tf.tools import evaluate
-    >>> evaluate.main(["evaluate", "--run_dir=runs/quickstart"])  # doctest: +SKIP
+    >>> evaluate.main(["--run_dir=runs/quickstart"])  # doctest: +SKIP
     """
-    cli.run(_evaluate, argv, define_flags=_define_flags)
+    command_line = None if argv is None else ["evaluate", *argv]
+    cli.run(_evaluate, command_line, define_flags=_define_flags)
 
 
 if __name__ == "__main__":

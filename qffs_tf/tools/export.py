@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Parameters
     ----------
     argv : sequence of str, optional
-        Full command line, program name first (default `sys.argv`).
+        The arguments, without the program name (default: the command line).
 
     Raises
     ------
@@ -154,9 +154,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     Example
     -------
     >>> from qffs_tf.tools import export
-    >>> export.main(["export", "--run_dir=runs/quickstart"])  # doctest: +SKIP
+    >>> export.main(["--run_dir=runs/quickstart"])  # doctest: +SKIP
     """
-    cli.run(_export, argv, define_flags=_define_flags)
+    command_line = None if argv is None else ["export", *argv]
+    cli.run(_export, command_line, define_flags=_define_flags)
 
 
 if __name__ == "__main__":
