@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint bench clean
+.PHONY: quickstart test lint bench wheel clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,5 +30,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
+# The installable package (pip install dist/qffs_tf-*.whl gives the qffs-* commands), built
+# offline with the venv's setuptools; setuptools' in-tree build folders are removed after.
+wheel: $(STAMP)
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir dist .
+	rm -rf build qffs_tf.egg-info
+
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache build dist qffs_tf.egg-info

@@ -7,6 +7,9 @@ step by step, and export both networks to TFLite.
 The whole project runs on tf_keras (Keras 2), because tensorflow-model-optimization supports
 only Keras 2. Importing this package sets ``TF_USE_LEGACY_KERAS=1`` so that ``tf.keras`` is
 tf_keras too; import ``qffs_tf`` before TensorFlow when you can.
+
+Importing the package also registers every class a saved qffs_tf model refers to (see
+`qffs_tf.serialization`), so plain ``tf_keras.models.load_model`` opens QAT models and SNNs.
 """
 
 from __future__ import annotations
@@ -19,15 +22,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
 
-# Public name -> module that defines it. Resolved lazily so that `import qffs_tf` stays cheap
-# and a command-line tool pays only for what it uses.
+# Public name -> module that defines it, resolved on first use.
 _PUBLIC = {
     "QFFSError": "errors",
     "ConversionError": "errors",
     "DatasetNotFoundError": "errors",
+    "UnsupportedModelError": "errors",
+    "ExportError": "errors",
+    "InvalidArgumentError": "errors",
+    "InvalidTypeError": "errors",
+    "InvalidInputError": "errors",
+    "ModelLoadError": "errors",
+    "ModelNotFoundError": "errors",
     "QuantReLU": "quantization",
     "QFFSActivationQuantizer": "quantization",
-    "custom_objects": "quantization",
+    "custom_objects": "serialization",
     "quantize_model": "quantization",
     "load_model": "serialization",
     "convert": "conversion",
@@ -38,12 +47,10 @@ _PUBLIC = {
     "Analysis": "evaluation",
     "SimulationResult": "simulation",
     "folded_qann": "conversion",
-    "InvalidArgumentError": "errors",
-    "InvalidInputError": "errors",
-    "UnsupportedModelError": "errors",
-    "ExportError": "errors",
 }
 _SUBMODULES = {
+    "errors",
+    "serialization",
     "models",
     "data",
     "training",
@@ -74,3 +81,11 @@ def __getattr__(name: str):
 
 def __dir__():
     return __all__
+
+
+# Registration with Keras must not wait for a lazy attribute: a user who only calls
+# tf_keras.models.load_model never touches one. TensorFlow's C++ start-up messages are muted.
+from qffs_tf.cli import muted_stderr as _muted_stderr  # noqa: E402
+
+with _muted_stderr():
+    from qffs_tf import serialization as _serialization  # noqa: E402, F401

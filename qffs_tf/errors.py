@@ -1,34 +1,83 @@
-"""Exceptions with messages that name the problem and the fix."""
+"""Every exception qffs_tf raises on purpose, with messages that name the problem and the fix.
+
+All classes derive from `QFFSError`, so ``except qffs_tf.QFFSError`` catches any error a caller
+can cause. Most also derive from the built-in class a Python caller would expect for that kind
+of mistake (`ValueError` for a bad value, `TypeError` for a wrong type, `OSError` for a file
+that cannot be read), so existing ``except ValueError`` code keeps working.
+
+Messages are written for the caller who will read them: errors raised by the library name
+Python arguments (``timesteps``, ``calibration_data``), never command-line flags; the
+command-line tools (`qffs_tf.cli`) add the flag when they know it.
+
+Example
+-------
+>>> import qffs_tf
+>>> try:
+...     raise qffs_tf.errors.InvalidArgumentError("timesteps must be >= 1, got 0")
+... except ValueError as error:  # also a QFFSError
+...     print(type(error).__name__, "-", error)
+InvalidArgumentError - timesteps must be >= 1, got 0
+"""
 
 from __future__ import annotations
 
+__all__ = [
+    "QFFSError",
+    "UsageError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "InvalidInputError",
+    "UnsupportedModelError",
+    "ConversionError",
+    "ExportError",
+    "DatasetNotFoundError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+]
+
 
 class QFFSError(Exception):
-    """Base class of every error qffs_tf raises on purpose; command-line tools print it."""
+    """Base class of every error qffs_tf raises on purpose.
+
+    The command-line tools print its message as one line, ``tool: error: <message>``, and
+    exit with status 2.
+    """
 
 
-class ConversionError(QFFSError):
-    """A model (layer, topology or value) that the ANN-to-SNN conversion cannot carry."""
+class UsageError(QFFSError):
+    """A bad command line: a flag value, a flagfile, a positional argument."""
+
+
+class InvalidArgumentError(QFFSError, ValueError):
+    """An argument with a value the function cannot take (``timesteps=0``, ``bits=9``,
+    an unknown ``init`` or ``mode``)."""
+
+
+class InvalidTypeError(QFFSError, TypeError):
+    """An argument of the wrong type (``timesteps=None``, a string where a model is
+    expected)."""
+
+
+class InvalidInputError(QFFSError, ValueError):
+    """Data the function cannot use: an array of the wrong shape, NaN or Inf values, an
+    empty batch or data set, images on the wrong scale."""
 
 
 class UnsupportedModelError(QFFSError, ValueError):
-    """A model that quantize_model or the API cannot take (Keras 3, subclassed, no ReLU...)."""
+    """A model the API cannot take: a Keras 3 or subclassed model, a model without ReLUs,
+    a model with more than one input or output."""
 
 
-class DatasetNotFoundError(QFFSError):
-    """A data set that is not present on this machine, with how to provide it."""
+class ConversionError(QFFSError, ValueError):
+    """A model (layer, topology or value) that the ANN-to-SNN conversion cannot carry."""
 
 
 class ExportError(QFFSError):
     """A model that cannot be exported to TFLite with builtin ops only."""
 
 
-class InvalidArgumentError(QFFSError, ValueError):
-    """An argument value the API cannot take (a number out of range, an unknown option)."""
-
-
-class InvalidInputError(QFFSError, ValueError):
-    """Input data the API cannot take: wrong shape, NaN or Inf, an empty batch."""
+class DatasetNotFoundError(QFFSError):
+    """A data set that is not present on this machine, with how to provide it."""
 
 
 # ----------------------------------------------------------------------------- training, run folder
@@ -74,3 +123,11 @@ class CorruptFileError(QFFSError, ValueError):
 
 class QuantizationError(QFFSError, ValueError):
     """An argument of quantize_model or the quantizer that cannot work (bits, init, data)."""
+
+
+class ModelLoadError(QFFSError, OSError):
+    """A saved model that cannot be loaded: unreadable, truncated, corrupt, or not a model."""
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """No saved model at the given path."""

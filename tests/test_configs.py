@@ -137,22 +137,6 @@ def test_flags_parse_into_the_config(args, field, value):
     assert getattr(config_from_flags(flag_values), field) == value
 
 
-def test_flags_and_checks_import_no_tensorflow():
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from absl import flags\n"
-        "from qffs_tf.tools.train import config_from_flags, define_flags\n"
-        "from qffs_tf.training import validate_config\n"
-        "define_flags(); flags.FLAGS(['train', '--width=0.5'])\n"
-        "validate_config(config_from_flags(), flag_names=True)\n"
-        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, ROOT], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def test_step_init_choices_are_the_quantizers():
     from qffs_tf.quantization import INIT_METHODS
     from qffs_tf.training.config import STEP_INITS

@@ -19,10 +19,7 @@ import tensorflow_model_optimization as tfmot
 from qffs_tf._keras import check_tf_keras_model, keras
 from qffs_tf.errors import ConversionError
 from qffs_tf.quantization import QuantReLU, activation_spec
-
-# Output activations the SNN can apply to its accumulated logits: monotone, elementwise or
-# softmax, so the top-1 answer is the logits' own.
-HEAD_ACTIVATIONS = ("linear", "softmax", "sigmoid")
+from qffs_tf.quantization.support import HEAD_ACTIVATIONS, refusal_reason
 
 
 @dataclasses.dataclass
@@ -56,6 +53,7 @@ def supported_layers() -> list[str]:
 
 
 def _unsupported(layer, why: str = "") -> ConversionError:
+    why = why or refusal_reason(layer) or ""
     reason = f": {why}" if why else ""
     return ConversionError(
         f"Cannot convert layer '{layer.name}' ({type(layer).__name__}){reason}. "
@@ -182,7 +180,7 @@ def _head_node(layer, name: str, inputs: list[str]) -> Node:
         raise _unsupported(
             layer,
             f"activation '{activation}' cannot be reproduced by spikes; only the output layer "
-            f"may have a non-ReLU activation, one of {HEAD_ACTIVATIONS}",
+            f"may have a non-ReLU activation, one of {sorted(HEAD_ACTIVATIONS)}",
         )
     return Node(name, "head", inputs, {"activation": activation})
 
@@ -289,20 +287,29 @@ def _read_pooling(layer, name, inputs):
     return [Node(name, "shape", inputs, {"op": "average_pooling2d", **window})]
 
 
+def _keep_dims(layer, name: str, node: Node) -> list[Node]:
+    """A global pool with keepdims=True: the pooled vector reshaped to (1, 1, C)."""
+    if not layer.keepdims:
+        return [node]
+    node.name = f"{name}_pooled"
+    channels = int(layer.input_shape[-1])
+    return [
+        node,
+        Node(name, "shape", [node.name], {"op": "reshape", "target_shape": (1, 1, channels)}),
+    ]
+
+
 @reader(keras.layers.GlobalMaxPooling2D)
 def _read_global_max(layer, name, inputs):
     _check_channels_last(layer)
-    if layer.keepdims:
-        raise _unsupported(layer, "keepdims=True is not supported")
-    return [Node(name, "maxpool", inputs, {"global_pool": True})]
+    return _keep_dims(layer, name, Node(name, "maxpool", inputs, {"global_pool": True}))
 
 
 @reader(keras.layers.GlobalAveragePooling2D)
 def _read_global_average(layer, name, inputs):
     _check_channels_last(layer)
-    if layer.keepdims:
-        raise _unsupported(layer, "keepdims=True is not supported")
-    return [Node(name, "shape", inputs, {"op": "global_average_pooling2d"})]
+    node = Node(name, "shape", inputs, {"op": "global_average_pooling2d"})
+    return _keep_dims(layer, name, node)
 
 
 @reader(keras.layers.Flatten)
@@ -389,10 +396,20 @@ def _read_softmax(layer, name, inputs):
 
 @reader(keras.layers.ReLU)
 def _read_relu(layer, name, inputs):
+    if _is_plain_relu(layer):  # an unquantized ReLU is allowed as the output's head
+        return [Node(name, "head", inputs, {"activation": "relu", "plain_relu": True})]
     raise _unsupported(
         layer,
         "this ReLU is not quantized; quantize the model with qffs_tf.quantize_model "
         "(or use QuantReLU) first",
+    )
+
+
+def _is_plain_relu(layer) -> bool:
+    return (
+        layer.max_value is None
+        and float(layer.negative_slope) == 0.0
+        and float(layer.threshold) == 0.0
     )
 
 
@@ -524,6 +541,12 @@ def read_graph(model: keras.Model) -> tuple[list[Node], str]:
     output = last_name[graph.outputs[0]._keras_history.layer.name]
     heads = [node for node in nodes if node.op == "head"]
     for node in heads:
+        if node.name != output and node.attrs.get("plain_relu"):
+            raise _unsupported(
+                graph.get_layer(node.name),
+                "this ReLU is not quantized; quantize the model with qffs_tf.quantize_model "
+                "(or use QuantReLU) first",
+            )
         if node.name != output:
             raise ConversionError(
                 f"Layer '{node.name}' applies '{node.attrs['activation']}' in the middle of the "

@@ -461,6 +461,26 @@ refuse(
 # ----------------------------------------------------------------------------- decisions
 
 
+def refusal_reason(layer: keras.layers.Layer) -> str | None:
+    """Why a known unsupported layer type cannot be exact, with the closest alternative.
+
+    Parameters
+    ----------
+    layer : keras.layers.Layer
+
+    Returns
+    -------
+    str or None
+        None when the type is not on the refusal list.
+
+    Example
+    -------
+    >>> refusal_reason(keras.layers.Multiply())  # doctest: +ELLIPSIS
+    '...'
+    """
+    return _REFUSED.get(type(layer))
+
+
 def _unsupported_reason(layer) -> str:
     if type(layer) in _REFUSED:
         return _REFUSED[type(layer)]

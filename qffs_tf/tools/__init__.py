@@ -1,5 +1,5 @@
-"""Command-line tools: one module per tool, each with a `main(argv=None)` entry point.
+"""The command-line tools, one module per tool, each with `main(argv=None)`.
 
-`bin/<tool>` are thin shims that call these, and the console scripts (`qffs-train`, ...) point
-at them, so both run the same code.
+``bin/<tool>`` (from a checkout), the ``qffs-<tool>`` console scripts (after ``pip install``)
+and ``python -m qffs_tf.tools.<tool>`` all run the same `main`.
 """

@@ -1,0 +1,38 @@
+"""tf_keras.applications architectures, as they come, quantized, converted and verified.
+
+Random weights and images (mechanics, not accuracy), BatchNorm statistics randomised; each
+SNN runs step by step until every sample is quiet, and `verify` must find the final top-1
+equal to the QANN's and no mismatched neuron that a float32 tie does not explain.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_applications_quantize import APPLICATIONS, BITS, randomise_batch_norm
+
+import qffs_tf
+from qffs_tf import models
+
+# Quiet takes about L steps per neuron layer on the longest path; the stepwise run stops
+# early once every sample is quiet, so a generous window costs little.
+TIMESTEPS = 400
+
+
+@pytest.mark.parametrize(("name", "shape", "kwargs", "cap"), APPLICATIONS)
+def test_application_converts_and_verifies(name, shape, kwargs, cap):
+    qffs_tf._keras.keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    model = models.from_keras_application(name, shape, 10, **kwargs)
+    randomise_batch_norm(model, rng)
+    calibration = rng.random((8, *shape), dtype=np.float32)
+    qat = qffs_tf.quantize_model(model, BITS, calibration_data=calibration)
+    snn = qffs_tf.convert(qat, timesteps=TIMESTEPS)
+    x = rng.random((3, *shape), dtype=np.float32)
+    report = qffs_tf.verify(qat, snn, x, mode="stepwise")
+    assert report.quiet_fraction == 1.0, report
+    assert report.agreement_per_step[-1] == 1.0, report
+    assert report.certified, report
+    # The head is kept: the SNN returns probabilities, as the Keras model does.
+    probabilities = snn.predict(x, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
