@@ -31,6 +31,8 @@ _PUBLIC = {
     "quantize_model": "qat",
     "load_model": "serialization",
     "convert": "conversion",
+    "integer_reference": "conversion.integer",
+    "choose_timesteps": "conversion.auto_timesteps",
     "simulate": "simulation",
     "verify": "verification",
     "export_tflite": "export",

@@ -59,6 +59,27 @@ def _effective_kernel(wrapper, inner) -> np.ndarray:
     return getattr(inner, attribute).numpy()
 
 
+def _weight_scale(wrapper, inner) -> np.ndarray | None:
+    """tfmot's weight quantization step (alpha, per tensor or per output channel), or None.
+
+    The fake-quantized kernel is alpha * (an integer) exactly; `qffs_tf.conversion.integer`
+    reads the integers back from it. alpha = (max - min) / (2^bits - 1 - narrow_range) in
+    float32, as TensorFlow's FakeQuantWithMinMaxVars computes it.
+    """
+    attribute = "depthwise_kernel" if isinstance(inner, keras.layers.DepthwiseConv2D) else "kernel"
+    for weight, quantizer, variables in getattr(wrapper, "_weight_vars", []):
+        if weight.name.split("/")[-1].split(":")[0] != attribute:
+            continue
+        bits = getattr(quantizer, "num_bits", None)
+        if bits is None or "min_var" not in variables or "max_var" not in variables:
+            return None
+        low = np.asarray(variables["min_var"].numpy(), np.float32)
+        high = np.asarray(variables["max_var"].numpy(), np.float32)
+        steps = np.float32(2**bits - 1 - int(bool(getattr(quantizer, "narrow_range", False))))
+        return np.asarray((high - low) / steps, np.float32)
+    return None
+
+
 def _linear_node(layer, name: str, inputs: list[str], wrapper=None) -> Node:
     activation = getattr(layer.activation, "__name__", "")
     if wrapper is None and activation != "linear":
@@ -84,6 +105,9 @@ def _linear_node(layer, name: str, inputs: list[str], wrapper=None) -> Node:
     out_channels = kernel.shape[-1] if kind != "depthwise_conv2d" else np.prod(kernel.shape[2:])
     bias = layer.bias.numpy() if layer.use_bias else np.zeros(out_channels, np.float32)
     attrs = {"kind": kind, "kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
+    weight_scale = _weight_scale(wrapper, layer) if wrapper is not None else None
+    if weight_scale is not None:
+        attrs["weight_scale"] = weight_scale
     if kind != "dense":
         attrs.update(
             strides=_pair(layer.strides),
