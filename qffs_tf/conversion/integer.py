@@ -168,7 +168,9 @@ class _Walk:
             elif all(name in self.static for name in node.inputs):
                 self._static(node)
             elif node.op in handlers:
-                self.forms[node.name] = handlers[node.op](node, [self._form(n) for n in node.inputs])
+                self.forms[node.name] = handlers[node.op](
+                    node, [self._form(n) for n in node.inputs]
+                )
             else:
                 raise ConversionError(f"Node '{node.name}' has op '{node.op}', not supported.")
         self.output = self._finish(output)
@@ -364,7 +366,9 @@ class _Walk:
             if self.mode == "local":
                 out = self.given[node.name] = keras.Input(out.shape[1:], name=f"{node.name}_given")
         features = int(out.shape[-1])
-        self.forms[node.name] = _Form([_Term(out, np.full(features, theta), levels)], np.zeros(features))
+        self.forms[node.name] = _Form(
+            [_Term(out, np.full(features, theta), levels)], np.zeros(features)
+        )
 
     def _finish(self, output: str):
         form = self._form(output)
