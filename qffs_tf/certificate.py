@@ -97,6 +97,7 @@ class LocalQANN:
     def __init__(self, qat_model: keras.Model):
         nodes, output = simplified_graph(qat_model)
         self.acts = [node for node in nodes if node.op == "act"]
+        self.sources = {node.name: node.attrs["source"] for node in self.acts}
         self.step_sizes = {node.name: float(node.attrs["threshold"]) for node in self.acts}
         self.levels = {node.name: int(node.attrs["levels"]) for node in self.acts}
         self.pooled_by = {
@@ -233,6 +234,47 @@ def classify(
         unexplained=int(unexplained.sum()),
         max_tolerance=float(max(np.max(tol_snn, initial=0.0), np.max(tol_qann, initial=0.0))),
     )
+
+
+def tie_candidates(
+    local: LocalQANN, x, qann_levels: dict[str, np.ndarray], timesteps: int = 0
+) -> np.ndarray:
+    """Per image, the neurons whose QANN pre-activation lies within the tie tolerance of a
+    rounding boundary: the only neurons that another float32 summation order (the SNN's over
+    T steps, LiteRT's kernels, ...) may round the other way. An image with none gives the
+    same levels under every order, so its outputs must agree to float rounding.
+
+    Parameters
+    ----------
+    local : LocalQANN
+        The folded QANN of the model.
+    x : array
+        Images.
+    qann_levels : dict
+        Activation name -> the QANN's levels (after a moved max-pool).
+    timesteps : int
+        T of the SNN being compared (0 for a QANN).
+
+    Returns
+    -------
+    numpy.ndarray
+        (images,) counts.
+
+    Example
+    -------
+    >>> tie_candidates(LocalQANN(qat), x, levels, 8)
+    """
+    given = {
+        name: values * np.float32(local.step_sizes[name]) for name, values in qann_levels.items()
+    }
+    pre, magnitude = local(x, given)
+    counts = np.zeros(len(np.asarray(x)), np.int64)
+    for name in qann_levels:
+        step, levels = local.step_sizes[name], local.levels[name]
+        tolerance = 2.0 * gamma(local.roundings[name] + timesteps) / step * magnitude[name]
+        near = near_boundary(pre[name], step, levels, tolerance)
+        counts += near.reshape(len(counts), -1).sum(axis=1)
+    return counts
 
 
 def certify_float(

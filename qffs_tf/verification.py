@@ -13,7 +13,8 @@ import dataclasses
 import numpy as np
 
 from qffs_tf._keras import keras
-from qffs_tf.certificate import certify_float, certify_integer
+from qffs_tf.certificate import LocalQANN, certify_float, certify_integer
+from qffs_tf.certificate import tie_candidates as certificate_tie_candidates
 from qffs_tf.errors import InvalidInputError
 from qffs_tf.simulation import SimulationResult, simulate
 from qffs_tf.snn.integer import is_integer_snn
@@ -165,6 +166,41 @@ def qann_integer_activations(
         for value, threshold in zip(outputs[:-1], thresholds, strict=True)
     ]
     return levels, outputs[-1]
+
+
+def tie_candidates(qat_model: keras.Model, x, timesteps: int = 0) -> np.ndarray:
+    """Per image, the neurons whose QANN pre-activation is within the certificate's tie
+    tolerance of a rounding boundary (`qffs_tf.certificate.tie_candidates`).
+
+    An image with none must give the same levels in every float32 evaluation order (the
+    SNN's, LiteRT's), so any larger difference in its outputs is unexplained.
+
+    Parameters
+    ----------
+    qat_model : tf_keras.Model
+        The QFFS QAT model.
+    x : array
+        Images (one batch).
+    timesteps : int
+        T of the SNN compared (its additions over time count as roundings); 0 for a QANN.
+
+    Returns
+    -------
+    numpy.ndarray
+        (images,) counts.
+
+    Example
+    -------
+    >>> tie_candidates(qat, x_test[:256], timesteps=8).sum()
+    0
+    """
+    x = _check_batch(x)
+    local = LocalQANN(qat_model)
+    names = [act.name for act in local.acts]
+    levels, _ = qann_integer_activations(
+        qat_model, x, [local.sources[n] for n in names], [local.step_sizes[n] for n in names]
+    )
+    return certificate_tie_candidates(local, x, dict(zip(names, levels, strict=True)), timesteps)
 
 
 def _check_batch(x) -> np.ndarray:

@@ -124,3 +124,39 @@ def test_classify_pools_before_counting_and_uses_the_tolerance():
 def test_gamma_is_the_standard_bound():
     assert certificate.gamma(1) == pytest.approx(2.0**-24, rel=1e-6)
     assert certificate.gamma(600) == pytest.approx(600 * 2.0**-24, rel=1e-4)
+
+
+def test_parity_fails_only_on_differences_no_tie_explains():
+    from qffs_tf.export.parity import FLOAT_TOLERANCE, _compare
+
+    reference = np.array([[1.0, 3.0], [2.0, -1.0], [0.5, 0.4], [4.0, 0.0]], np.float32)
+    lite = reference.copy()
+    lite[0, 0] += 0.5 * FLOAT_TOLERANCE * 4.0  # float rounding: within the tolerance
+    lite[1, 1] += 0.3  # beyond it, on an image with a tie candidate
+    lite[2] = [0.4, 0.5]  # beyond it, top-1 flipped, no candidate
+    candidates = np.array([0, 2, 0, 0])
+    out = _compare(lite, reference, candidates=candidates)
+    assert (out["differing_samples"], out["tie_samples"], out["unexplained_samples"]) == (2, 1, 1)
+    assert out["passed"] is False and out["top1_agreement"] == 0.75
+    explained = _compare(lite, reference, candidates=np.array([0, 2, 1, 0]))
+    assert explained["passed"] is True and explained["tie_samples"] == 2
+    exact = _compare(lite, reference, candidates=np.ones(4), bit_exact=True)
+    assert exact["passed"] is False and exact["unexplained_samples"] == 3
+    assert exact["bit_exact"] is False
+
+
+def test_parity_of_the_tie_network_passes_with_the_tie_reported(tmp_path):
+    from qffs_tf.export import parity
+    from qffs_tf.verification import tie_candidates
+
+    model = tie_network()
+    x = np.ones((1, 1), np.float32)
+    snn = qffs_tf.convert(model, timesteps=8)
+    assert tie_candidates(model, x, timesteps=8).tolist() == [1]  # a2 only
+    files = parity.export_all(model, snn, tmp_path, x, kinds=("qann_float", "snn_full"))
+    results = parity.check_parity(files, model, snn, x)
+    # The Keras SNN has the tie (logit 1 instead of 2); LiteRT may round either way, and
+    # whichever it does is explained by the tie.
+    for kind in ("qann_float", "snn_full"):
+        assert results[kind]["passed"] is True, results[kind]
+        assert results[kind]["unexplained_samples"] == 0

@@ -8,7 +8,7 @@ from snn_fixtures import every_layer_model, images, randomize
 import qffs_tf
 from qffs_tf._keras import keras
 from qffs_tf.errors import ConversionError, InvalidArgumentError
-from qffs_tf.export import runtime
+from qffs_tf.export import parity, runtime
 from qffs_tf.snn.integer import ExactMembrane
 
 
@@ -112,6 +112,10 @@ def test_exported_tflite_programs_are_bit_exact(two_bit, tmp_path):
     per_step, spikes = runtime.stream(step.path, x, 16)
     np.testing.assert_array_equal(per_step, result.logits)
     np.testing.assert_array_equal(spikes, result.spikes_per_step())
+    # The export parity check demands the same: bit equality for integer-mode files.
+    checks = parity.check_parity({"snn_full": full, "snn_step": step}, qat, snn, x)
+    for kind, check in checks.items():
+        assert check["bit_exact"] and check["passed"] and check["tolerance"] == 0.0, kind
 
 
 def test_integer_snn_saves_and_loads(two_bit, tmp_path):
