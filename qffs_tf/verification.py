@@ -234,7 +234,7 @@ def _float_checks(qat_model, snn, x, result) -> tuple[list[LayerCheck], np.ndarr
 def _integer_checks(qat_model, snn, x, result):
     """Layer checks of an integer-mode SNN against the integer reference QANN (every neuron,
     before any moved max-pool), and how that reference differs from the QAT model."""
-    from qffs_tf.conversion.integer import integer_reference
+    from qffs_tf.conversion.integer_reference import integer_reference
 
     reference = integer_reference(qat_model)
     levels = reference(x)

@@ -126,6 +126,15 @@ def test_integer_snn_saves_and_loads(two_bit, tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), snn.predict(x, verbose=0))
 
 
+def test_auto_timesteps_in_integer_mode(two_bit):
+    qat, _, x = two_bit
+    snn = qffs_tf.convert(qat, timesteps="auto", arithmetic="integer", calibration_data=x)
+    choice = snn.qffs_timesteps_choice
+    assert choice.timesteps > choice.max_quiet_step >= 1
+    report = qffs_tf.verify(qat, snn, x)
+    assert report.exact and report.quiet_fraction == 1.0 and report.max_logit_error == 0.0
+
+
 def test_a_wrong_membrane_scale_is_unexplained(two_bit):
     qat, _, x = two_bit
     snn = qffs_tf.convert(qat, timesteps=16, arithmetic="integer")

@@ -19,6 +19,12 @@ quiet, n equals that level bit for bit.
 
 `ExactMembrane` and `SumPool` also run in static form (`temporal=False`), which is how the
 integer reference QANN computes the same expressions from the final levels.
+
+The guarantee rests on IEEE float32 multiplication and addition as separate, correctly
+rounded operations, which TensorFlow's CPU kernels and LiteRT's builtin MUL and ADD are.
+Under XLA (`simulate(..., jit_compile=True)`) the membrane's multiply and add may be fused
+into one FMA, which rounds once: measured, the logits then differ from the reference in the
+last bits, so integer-mode results are exact with jit_compile=False (the default).
 """
 
 from __future__ import annotations
