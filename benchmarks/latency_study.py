@@ -168,17 +168,17 @@ def _at(result: dict, key: str, step: int | None) -> str:
 def table(results: list[dict]) -> str:
     """Markdown table: QFFS steps and accuracy beside the rate-coded SNN at the same T."""
     rows = [
-        "| model | bits | L | QANN % | full agreement step | mean / max quiet step | auto T | "
-        "QFFS % at T=L / 2L / auto T | rate % at T=L / 2L / auto T / window |",
+        "| model | bits | L | QANN % | QFFS: full agreement from step | mean / max quiet step | "
+        "auto T | QFFS % at T = L / 2L / full agr. | rate % at T = L / 2L / full agr. / window |",
         "|---|---:|---:|---:|---:|---|---:|---|---|",
     ]
     for r in results:
-        steps = (r["levels"], 2 * r["levels"], r["auto_timesteps"])
+        steps = (r["levels"], 2 * r["levels"], r["first_full_agreement_step"])
         qffs = " / ".join(_at(r, "accuracy_per_step", t) for t in steps)
         rate = " / ".join(_at(r, "rate_accuracy_per_step", t) for t in (*steps, r["window"]))
-        quiet = (
-            f"{r['mean_quiet_step']:.2f} / {r['max_quiet_step']}" if r["max_quiet_step"] else "-"
-        )
+        quiet = "-"
+        if r["max_quiet_step"]:
+            quiet = f"{r['mean_quiet_step']:.2f} / {r['max_quiet_step']}"
         rows.append(
             f"| {r['model']} | {r['bits']} | {r['levels']} | {100 * r['qann_accuracy']:.1f} | "
             f"{r['first_full_agreement_step']} | {quiet} | {r['auto_timesteps']} | {qffs} | "

@@ -52,9 +52,10 @@ class VerificationReport:
 
     `reference` names what the SNN was compared with: "qat" (the QAT model's float forward
     pass) or "integer" (`qffs_tf.integer_reference`, for SNNs converted with
-    arithmetic="integer"); for the latter, `reference_differences` counts, per layer, the
-    levels where that integer reference differs from the QAT model's float pass (ties of
-    the float pass), and `reference_logit_difference` is the largest logit difference.
+    arithmetic="integer"); for the latter, `reference_checks` compares, per layer, that
+    integer reference with the QAT model's float pass, classified by the same certificate
+    (they may differ at float32 ties of the float pass and downstream of them, nowhere else),
+    and `reference_logit_difference` is their largest logit difference.
     """
 
     layers: list[LayerCheck]
@@ -64,7 +65,7 @@ class VerificationReport:
     samples: int
     simulation: SimulationResult
     reference: str = "qat"
-    reference_differences: dict[str, int] | None = None
+    reference_checks: list[LayerCheck] | None = None
     reference_logit_difference: float | None = None
 
     @property
@@ -122,11 +123,14 @@ class VerificationReport:
             f"max |logit error| after {len(self.agreement_per_step)} steps: "
             f"{self.max_logit_error:.3g}",
         ]
-        if self.reference_differences is not None:
+        if self.reference_checks is not None:
+            checks = self.reference_checks
             lines.append(
                 "integer reference vs the QAT model's float pass: "
-                f"{sum(self.reference_differences.values())} level(s) differ (ties), max "
-                f"|logit difference| {self.reference_logit_difference:.3g}"
+                f"{sum(c.mismatches for c in checks)} levels differ ({sum(c.ties for c in checks)}"
+                f" ties, {sum(c.inherited for c in checks)} inherited, "
+                f"{sum(c.unexplained for c in checks)} unexplained), max |logit difference| "
+                f"{self.reference_logit_difference:.3g}"
             )
         return "\n".join(lines)
 
@@ -252,10 +256,19 @@ def _integer_checks(qat_model, snn, x, result):
         [layer.source for layer in if_layers],
         [layer.step_size for layer in if_layers],
     )
-    differences = {
-        layer.name: int((snn_counts_in_qann_units(layer, levels[layer.name], snn) != want).sum())
-        for layer, want in zip(if_layers, qat_levels, strict=True)
-    }
+    qat_by_name = {layer.name: want for layer, want in zip(if_layers, qat_levels, strict=True)}
+    ref_levels = {name: levels[name] for name in reference.activations}
+    ref_classes = certify_float(qat_model, x, ref_levels, qat_by_name, timesteps=0)
+    differences = [
+        _check(
+            layer.name,
+            layer.source,
+            snn_counts_in_qann_units(layer, levels[layer.name], snn),
+            qat_by_name[layer.name],
+            ref_classes[layer.name],
+        )
+        for layer in if_layers
+    ]
     logit_difference = float(np.abs(levels["logits"] - qat_logits).max())
     return checks, levels["logits"], differences, logit_difference
 
@@ -337,6 +350,6 @@ def verify(
         samples=int(result.logits.shape[0]),
         simulation=result,
         reference=reference,
-        reference_differences=differences,
+        reference_checks=differences,
         reference_logit_difference=logit_difference,
     )
