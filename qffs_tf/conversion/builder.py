@@ -16,7 +16,7 @@ from __future__ import annotations
 from qffs_tf._keras import keras
 from qffs_tf.conversion.graph import Node
 from qffs_tf.conversion.rewrites import simplified_graph
-from qffs_tf.errors import ConversionError
+from qffs_tf.errors import ConversionError, InvalidArgumentError
 from qffs_tf.snn import layers as spiking
 from qffs_tf.snn.neuron_layer import NeuronCell, SpikingNeurons
 from qffs_tf.snn.neurons import get_neuron
@@ -150,12 +150,17 @@ def build_snn(nodes: list[Node], output: str, timesteps: int, neuron="qffs") -> 
     return keras.Model(model_input, final, name="snn")
 
 
+ARITHMETICS = ("float", "integer")
+
+
 def convert(
     qat_model: keras.Model,
-    timesteps: int = 8,
+    timesteps: int | str = 8,
     neuron="qffs",
     *,
     noise_suppression: bool | None = None,
+    arithmetic: str = "float",
+    calibration_data=None,
 ) -> keras.Model:
     """Convert a QFFS QAT model into a spiking tf_keras Model.
 
@@ -167,14 +172,23 @@ def convert(
     ----------
     qat_model : tf_keras.Model
         A model quantized with `qffs_tf.quantize_model` (or built with `QuantReLU`), trained.
-    timesteps : int
-        Window length T (1 to 100,000).
+    timesteps : int or "auto"
+        Window length T (1 to 100,000), or "auto": the smallest T at which every image of
+        `calibration_data` is quiet, plus a margin (`qffs_tf.choose_timesteps`); the
+        choice is attached to the SNN as `snn.qffs_timesteps_choice`.
     neuron : str or NeuronModel
         "qffs" (negative spikes and a cap: exact), "plain_if" (no negative spikes: the
         same-coding ablation), "rate" (conventional rate coding: the baseline), another
         registered name, or a `qffs_tf.snn.NeuronModel` instance.
     noise_suppression : bool, optional
         Older spelling: False means neuron="plain_if", True means neuron="qffs".
+    arithmetic : {"float", "integer"}
+        "integer" (models quantized with `weight_bits`): unit spikes, integer weights and
+        exact integer accumulators (QFFS.md section 6); the final counts then equal
+        `qffs_tf.integer_reference(qat_model)` bit for bit. See
+        `qffs_tf.conversion.integer` for what it refuses.
+    calibration_data : array, optional
+        Images for timesteps="auto".
 
     Returns
     -------
@@ -194,9 +208,21 @@ def convert(
     >>> snn = qffs_tf.convert(qat_model, timesteps=8)
     >>> logits = snn.predict(x_test)
     """
-    timesteps = check_timesteps(timesteps)
+    if arithmetic not in ARITHMETICS:
+        raise InvalidArgumentError(f"arithmetic must be one of {ARITHMETICS}, got {arithmetic!r}.")
     if noise_suppression is not None:
         neuron = "qffs" if noise_suppression else "plain_if"
+    if isinstance(timesteps, str) and timesteps == "auto":
+        from qffs_tf.conversion.auto_timesteps import convert_auto
+
+        return convert_auto(qat_model, calibration_data, neuron=neuron, arithmetic=arithmetic)
+    timesteps = check_timesteps(timesteps)
+    if arithmetic == "integer":
+        from qffs_tf.conversion.integer import convert_integer
+
+        return convert_integer(qat_model, timesteps, neuron)
     model = get_neuron(neuron)
+    if getattr(model, "arithmetic", "float") != "float":
+        raise ConversionError(f"Neuron model '{model.name}' needs arithmetic='{model.arithmetic}'.")
     nodes, output = simplified_graph(qat_model)
     return build_snn(nodes, output, timesteps, model)

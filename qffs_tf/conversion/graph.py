@@ -87,6 +87,33 @@ def _effective_weight(wrapper, inner, attribute: str) -> np.ndarray:
     return np.asarray(getattr(inner, attribute).numpy(), np.float32)
 
 
+def _weight_scale(wrapper, attribute: str) -> np.ndarray | None:
+    """tfmot's weight quantization step (alpha, per tensor or per output channel), or None.
+
+    The fake-quantized kernel is alpha * (an integer) exactly; `qffs_tf.conversion.integer`
+    reads the integers back from it. alpha = (max - min) / (2^bits - 1 - narrow_range) in
+    float32, as TensorFlow's FakeQuantWithMinMaxVars computes it.
+    """
+    for weight, quantizer, variables in getattr(wrapper, "_weight_vars", []) if wrapper else []:
+        if weight.name.split("/")[-1].split(":")[0] != attribute:
+            continue
+        bits = getattr(quantizer, "num_bits", None)
+        if bits is None or "min_var" not in variables or "max_var" not in variables:
+            return None
+        low = np.asarray(variables["min_var"].numpy(), np.float32)
+        high = np.asarray(variables["max_var"].numpy(), np.float32)
+        steps = np.float32(2**bits - 1 - int(bool(getattr(quantizer, "narrow_range", False))))
+        return np.asarray((high - low) / steps, np.float32)
+    return None
+
+
+def _with_scale(node: Node, wrapper, attribute: str) -> Node:
+    scale = _weight_scale(wrapper, attribute)
+    if scale is not None:
+        node.attrs["weight_scale"] = scale
+    return node
+
+
 def _bias(layer, channels: int) -> np.ndarray:
     if getattr(layer, "use_bias", False):
         return layer.bias.numpy().astype(np.float32)
@@ -140,12 +167,13 @@ def _linear_nodes(layer, name: str, inputs: list[str], wrapper=None) -> list[Nod
         attrs = {"kind": "conv2d_transpose", "kernel": kernel, **_conv_attrs(layer)}
         attrs["bias"] = _bias(layer, kernel.shape[2])
         attrs["output_size"] = tuple(int(d) for d in layer.output_shape[1:3])
-        return [Node(name, "linear", inputs, attrs)]
+        return [_with_scale(Node(name, "linear", inputs, attrs), wrapper, "kernel")]
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         kernel = _effective_weight(wrapper, layer, "depthwise_kernel")
         channels = kernel.shape[2] * kernel.shape[3]
         attrs = {"kind": "depthwise_conv2d", "kernel": kernel, "bias": _bias(layer, channels)}
-        return [Node(name, "linear", inputs, {**attrs, **_conv_attrs(layer)})]
+        node = Node(name, "linear", inputs, {**attrs, **_conv_attrs(layer)})
+        return [_with_scale(node, wrapper, "depthwise_kernel")]
     if isinstance(layer, keras.layers.Conv2D):
         if layer.groups != 1:
             raise _unsupported(
@@ -153,16 +181,11 @@ def _linear_nodes(layer, name: str, inputs: list[str], wrapper=None) -> list[Nod
             )
         kernel = _effective_weight(wrapper, layer, "kernel")
         attrs = {"kind": "conv2d", "kernel": kernel, "bias": _bias(layer, kernel.shape[-1])}
-        return [Node(name, "linear", inputs, {**attrs, **_conv_attrs(layer)})]
+        node = Node(name, "linear", inputs, {**attrs, **_conv_attrs(layer)})
+        return [_with_scale(node, wrapper, "kernel")]
     kernel = _effective_weight(wrapper, layer, "kernel")
-    return [
-        Node(
-            name,
-            "linear",
-            inputs,
-            {"kind": "dense", "kernel": kernel, "bias": _bias(layer, kernel.shape[-1])},
-        )
-    ]
+    attrs = {"kind": "dense", "kernel": kernel, "bias": _bias(layer, kernel.shape[-1])}
+    return [_with_scale(Node(name, "linear", inputs, attrs), wrapper, "kernel")]
 
 
 LINEAR_TYPES = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def spiking_layer_classes() -> tuple[type, ...]:
     """The Keras layer classes a converted SNN is made of."""
-    from qffs_tf.snn import layers, neuron_layer
+    from qffs_tf.snn import integer, layers, neuron_layer
 
     return (
         layers.ToTemporal,
@@ -19,6 +19,10 @@ def spiking_layer_classes() -> tuple[type, ...]:
         layers.Readout,
         neuron_layer.NeuronCell,
         neuron_layer.SpikingNeurons,
+        integer.ExactMembrane,
+        integer.ExactIntegrate,
+        integer.SumPool,
+        integer.LevelOf,
     )
 
 
