@@ -374,7 +374,7 @@ class _Walk:
         form = self._form(output)
         if self.temporal:
             logits = self._membrane(form, 1.0, f"{output}_integrate", ExactIntegrate)
-            return spiking.Readout(self.head, name=f"{output}_readout")(logits)
+            return spiking.Readout(self.head, name=f"{output}_readout")([logits, self.image])
         return self._membrane(form, 1.0, f"{output}_logits")
 
 
