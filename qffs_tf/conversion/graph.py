@@ -19,7 +19,7 @@ import tensorflow_model_optimization as tfmot
 from qffs_tf._keras import check_tf_keras_model, keras
 from qffs_tf.errors import ConversionError
 from qffs_tf.quantization import QuantReLU, activation_spec
-from qffs_tf.quantization.support import HEAD_ACTIVATIONS, refusal_reason
+from qffs_tf.quantization.rules import HEAD_ACTIVATIONS, refusal_reason
 
 
 @dataclasses.dataclass

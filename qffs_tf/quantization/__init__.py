@@ -6,7 +6,9 @@ Modules, one job each:
   initialisation) and the ``QuantReLU`` layer.
 - ``configs``: the tfmot ``Quantizer`` / ``QuantizeConfig`` objects and ``activation_spec``
   (what the converter reads back: bits, effective step, cap).
-- ``support``: the registry of supported layers and activations; refusal messages come from it.
+- ``rules``: the registry of supported layers and activations, with the reason and the closest
+  alternative for what is refused.
+- ``support``: applies the registry to a model (what to quantize, what to refuse).
 - ``graph``: a model as a flat list of layer calls (nested models inlined), and rebuilt.
 - ``apply``: ``quantize_model``, calibration, ``quantized_activations``.
 """
