@@ -103,11 +103,16 @@ class VerificationReport:
     def __str__(self) -> str:
         header = ("SNN layer", "QANN layer", "neurons", "mismatches", "ties", "inherited")
         header += ("unexpl.",)
-        lines = [f"{header[0]:<28}{header[1]:<28}" + "".join(f"{h:>11}" for h in header[2:])]
+        width = 2 + max([28] + [len(c.snn_layer) for c in self.layers])
+        qann_width = 2 + max([28] + [len(c.qann_layer) for c in self.layers])
+        lines = [
+            f"{header[0]:<{width}}{header[1]:<{qann_width}}"
+            + "".join(f"{h:>11}" for h in header[2:])
+        ]
         for layer in self.layers:
             numbers = (layer.neurons, layer.mismatches, layer.ties, layer.inherited)
             lines.append(
-                f"{layer.snn_layer:<28}{layer.qann_layer:<28}"
+                f"{layer.snn_layer:<{width}}{layer.qann_layer:<{qann_width}}"
                 + "".join(f"{n:>11}" for n in (*numbers, layer.unexplained))
             )
         shown = self.agreement_per_step[:16]
