@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint bench wheel clean
+.PHONY: quickstart test test-all lint bench wheel clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ quickstart: $(STAMP)
 	$(PY) bin/evaluate --run_dir=runs/quickstart
 	$(PY) bin/export --run_dir=runs/quickstart
 
+# The suite without the tests marked slow (the largest tf_keras.applications graphs).
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# Everything, slow tests included.
+test-all: $(STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
