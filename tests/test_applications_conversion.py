@@ -15,7 +15,6 @@ from test_applications_quantize import APPLICATIONS, BITS, randomise_batch_norm
 import qffs_tf
 from qffs_tf import models
 
-
 # Converting and verifying doubles the quantize test's cost: `make test` keeps the two
 # smallest graphs (plain convolutions; depthwise with ReLU6), `make test-all` runs all eight.
 FAST = ("VGG16", "MobileNet")
