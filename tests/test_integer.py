@@ -146,8 +146,10 @@ def test_a_wrong_membrane_scale_is_unexplained(two_bit):
     checks = {layer.snn_layer: layer for layer in report.layers}
     assert checks["quant_c3"].mismatches == 0
     assert checks["quant_r4"].unexplained == checks["quant_r4"].mismatches > 0
+    # Whatever the wrong layer changes downstream (how much depends on the random draw) is
+    # inherited, never blamed on the downstream layer itself.
     downstream = checks["quant_dw"]
-    assert downstream.mismatches > 0 and downstream.unexplained == 0
+    assert downstream.unexplained == 0
     assert downstream.inherited == downstream.mismatches
     assert not report.certified and report.verdict.startswith("NOT certified: 0 ties")
 
