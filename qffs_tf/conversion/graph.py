@@ -564,6 +564,12 @@ def read_graph(model: keras.Model) -> tuple[list[Node], str]:
     output = last_name[graph.outputs[0]._keras_history.layer.name]
     heads = [node for node in nodes if node.op == "head"]
     for node in heads:
+        if node.name != output and node.attrs["activation"] in ("relu", "relu6"):
+            raise ConversionError(
+                f"Layer '{node.name.removesuffix('_linear')}' applies a ReLU that is not "
+                "quantized; quantize the model with qffs_tf.quantize_model (or use QuantReLU) "
+                "first."
+            )
         if node.name != output and node.attrs.get("plain_relu"):
             raise _unsupported(
                 graph.get_layer(node.name),
