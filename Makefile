@@ -20,13 +20,18 @@ quickstart: $(STAMP)
 	$(PY) bin/evaluate --run_dir=runs/quickstart
 	$(PY) bin/export --run_dir=runs/quickstart
 
-# The suite without the tests marked slow (the largest tf_keras.applications graphs).
+# The suite without the tests marked slow (the largest graphs, the longest multi-process runs),
+# in TEST_WORKERS processes (pytest-xdist); a test file stays in one process, so its
+# module-scoped fixtures are built once. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # Everything, slow tests included.
 test-all: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check qffs_tf tests benchmarks bin/*

@@ -209,6 +209,9 @@ def test_two_process_multi_worker_run(multi_worker_run):
     assert not list(tmp_path.glob("qffs_worker*"))
 
 
+# Four more worker processes (about 80 s on 2 cores): `make test-all`. Resuming to identical
+# weights is in `make test` for one process (test_faults.py, test_training.py).
+@pytest.mark.slow
 def test_multi_worker_run_resumes_after_both_workers_stop(multi_worker_run):
     tmp_path, _ = multi_worker_run
     run = tmp_path / "resumed"

@@ -149,7 +149,11 @@ def test_import_registers_globally():
     assert global_objects["QuantizeWrapperV2"] is qffs_tf.serialization.QuantizeWrapperV2
     assert global_objects["QuantReLU"] is qffs_tf.QuantReLU
     for name, cls in qffs_tf.snn.custom_objects().items():
-        assert global_objects[name.split(">", 1)[-1]] is cls
+        # Keras's registered name. Bare names are added at import for the built-in classes; a
+        # neuron plug-in registered later (another test defines one) has the registered name.
+        assert global_objects["qffs_tf>" + name.split(">", 1)[-1]] is cls
+        if cls.__module__.startswith("qffs_tf."):
+            assert global_objects[cls.__name__] is cls
 
 
 def test_reloaded_qat_model_saves_and_loads_again(saved, tmp_path):

@@ -301,7 +301,12 @@ def test_a_save_of_a_non_finite_variable_is_refused(tmp_path):
     from qffs_tf.training.checkpoints import StageCheckpoint
 
     model = keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(2), keras.layers.BatchNormalization()]
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(2),
+            # Named: Keras numbers default names per process, and other tests build layers too.
+            keras.layers.BatchNormalization(name="bn"),
+        ]
     )
     optimizer = keras.optimizers.SGD(0.1)
     optimizer.build(model.trainable_variables)
@@ -312,7 +317,7 @@ def test_a_save_of_a_non_finite_variable_is_refused(tmp_path):
     with pytest.raises(training.TrainingDivergedError) as error:
         stage.save({})
     assert str(error.value).startswith(
-        "The qat stage diverged: batch_normalization/moving_variance:0 hold NaN or infinite "
+        "The qat stage diverged: bn/moving_variance:0 hold NaN or infinite "
         "values at the end of epoch 0 (step 5)."
     )
     assert str(error.value).endswith(f"the last checkpoint kept is {tmp_path}/ckpt-5.")
