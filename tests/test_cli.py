@@ -64,6 +64,9 @@ def forked(target, timeout: float = 120.0, interrupt_when=None) -> tuple[int, st
                 os.dup2(err.fileno(), 2)
                 sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
                 sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+                # Ctrl-C as in a terminal: pytest-xdist's workers ignore SIGINT, and a forked
+                # child inherits that.
+                signal.signal(signal.SIGINT, signal.default_int_handler)
                 target()
                 code = 0
             except SystemExit as e:
