@@ -28,7 +28,6 @@ LONGEST_FIRST = (
     "test_cli.py",
     "test_evaluation.py",
     "test_configs.py",
-    "test_simulation_speed.py",
 )
 
 
