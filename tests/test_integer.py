@@ -68,8 +68,12 @@ def test_random_networks_equal_the_integer_reference_bit_for_bit(bits):
     np.testing.assert_array_equal(stepwise.final_logits, reference["logits"])
     for name in qffs_tf.integer_reference(qat).activations:
         np.testing.assert_array_equal(stepwise.counts[name], reference[name])
-    # The integer reference is the QAT model up to float rounding (ties only).
-    assert all(check.mismatches == 0 for check in report.reference_checks)
+    # The integer reference is the QAT model up to float rounding: a level may differ only at a
+    # float32 tie of the QAT model's pass (its rounding depends on oneDNN's summation order,
+    # which changes with the threads available) and downstream of one, never unexplained.
+    for check in report.reference_checks:
+        assert check.unexplained == 0, report
+        assert check.mismatches == check.ties + check.inherited, report
     scale = np.abs(reference["logits"]).max()
     assert report.reference_logit_difference <= 1e-5 * max(scale, 1.0)
     # Unit spikes, integer kernels: what the integer accumulators add.
