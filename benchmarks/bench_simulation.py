@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Simulation speed and memory: SNN time for T steps against T x the QANN forward time.
 
-For each model: QANN forward time; SNN layerwise (what snn.predict runs) and stepwise
-(streaming, one step at a time) for several T; XLA on and off; peak memory of each run.
-Prints a table and writes JSON. Run by hand or with `make bench`; numbers are machine
-dependent, so compare ratios measured on the same machine in the same run.
+For each model: the folded QANN's forward time (`qffs_tf.conversion.folded_qann`); the SNN
+through `qffs_tf.simulate` layerwise (the whole window at once, what evaluation runs) and
+stepwise (streaming, one step at a time), with every statistic simulate records, for several
+T; XLA on and off; peak memory of each run. Prints a table and writes JSON. Run by hand or
+with `make bench`; numbers are machine dependent, so compare ratios measured on the same
+machine in the same run.
 
     .venv/bin/python benchmarks/bench_simulation.py --models=small_cnn --timesteps=1,8
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -31,7 +34,13 @@ MODELS = {
 flags.DEFINE_list("models", list(MODELS), f"Models to measure: {', '.join(MODELS)}.")
 flags.DEFINE_list("timesteps", ["1", "2", "4", "8", "16"], "Window lengths T.")
 flags.DEFINE_list("xla", ["off", "on"], "XLA settings to measure: off, on.")
-flags.DEFINE_list("modes", ["layerwise", "stepwise"], "SNN modes: layerwise, stepwise.")
+MODES = ("layerwise", "stepwise", "predict")
+flags.DEFINE_list(
+    "modes",
+    ["layerwise", "stepwise"],
+    "SNN runs to time: layerwise and stepwise (qffs_tf.simulate, with its statistics), "
+    "predict (the Keras model's own call, logits only).",
+)
 flags.DEFINE_integer("batch_size", 64, "Images per batch.", lower_bound=1)
 flags.DEFINE_float("width", 1.0, "Width multiplier of the models.", lower_bound=1e-3)
 flags.DEFINE_integer("activation_bits", 2, "Activation bits.", lower_bound=1, upper_bound=8)
@@ -64,18 +73,29 @@ def _measure(fn, repeats: int) -> tuple[float, float]:
     return times[len(times) // 2], max(0, peak - baseline) / 2**20
 
 
+def _forward(model, images, jit: bool):
+    """A Keras model's inference call on `images`, compiled once, ending on the host."""
+    from qffs_tf._keras import tf
+
+    function = tf.function(lambda x: model(x, training=False), jit_compile=jit)
+    return lambda: function(images).numpy()
+
+
 def main(argv: list[str]) -> None:
     del argv
     unknown = [name for name in FLAGS.models if name not in MODELS]
     if unknown:
         raise cli.UsageError(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    unknown = [mode for mode in FLAGS.modes if mode not in MODES]
+    if unknown:
+        raise cli.UsageError(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
     with cli.quiet_tensorflow():
         import numpy as np
 
         import qffs_tf
-        from qffs_tf import export, io_utils, models
+        from qffs_tf import io_utils, models
         from qffs_tf._keras import keras, tf
-        from qffs_tf.simulation import _program
+        from qffs_tf.conversion import folded_qann
 
     rows = []
     for name in FLAGS.models:
@@ -84,15 +104,14 @@ def main(argv: list[str]) -> None:
         model = models.build(zoo, input_shape=shape, num_classes=classes, width=FLAGS.width)
         x = np.random.default_rng(0).uniform(0, 1, (FLAGS.batch_size, *shape)).astype(np.float32)
         qat = qffs_tf.quantize_model(model, FLAGS.activation_bits, calibration_data=x)
+        # Baseline: the inference-only QANN (BatchNorm folded, constant step sizes), the
+        # fastest honest QANN; the tfmot QAT model's own forward time is reported beside it.
+        folded = folded_qann(qat)
+        images = tf.constant(x)
         for xla in FLAGS.xla:
             jit = xla == "on"
-            # Baseline: the inference-only QANN (BatchNorm folded, constant step sizes), the
-            # fastest honest QANN; the tfmot QAT model's own forward time is reported beside it.
-            folded, _ = export._qann_function(qat, export._quantizer_float)
-            qann = tf.function(lambda images, f=folded: f(images)["logits"], jit_compile=jit)
-            qann_s, qann_mem = _measure(lambda f=qann, x=x: f(x).numpy(), FLAGS.repeats)
-            qat_fn = tf.function(lambda images, m=qat: m(images, training=False), jit_compile=jit)
-            qat_s, _ = _measure(lambda f=qat_fn, x=x: f(x).numpy(), FLAGS.repeats)
+            qann_s, qann_mem = _measure(_forward(folded, images, jit), FLAGS.repeats)
+            qat_s, _ = _measure(_forward(qat, images, jit), FLAGS.repeats)
             for steps in map(int, FLAGS.timesteps):
                 snn = qffs_tf.convert(qat, steps)
                 row = {
@@ -102,31 +121,22 @@ def main(argv: list[str]) -> None:
                     "batch": FLAGS.batch_size,
                     "qann_ms": 1e3 * qann_s,
                     "qann_peak_mib": qann_mem,
+                    "qat_ms": 1e3 * qat_s,
                 }
-                if "layerwise" in FLAGS.modes:
-                    forward = tf.function(lambda images, m=snn: m(images), jit_compile=jit)
-                    seconds, memory = _measure(lambda f=forward, x=x: f(x).numpy(), FLAGS.repeats)
+                for mode in FLAGS.modes:
+                    if mode == "predict":
+                        run = _forward(snn, images, jit)
+                    else:
+                        run = functools.partial(
+                            qffs_tf.simulate, snn, images, mode=mode, jit_compile=jit
+                        )
+                    seconds, memory = _measure(run, FLAGS.repeats)
                     row.update(
-                        layerwise_ms=1e3 * seconds,
-                        layerwise_peak_mib=memory,
-                        layerwise_ratio=seconds / (steps * qann_s),
-                    )
-                if "stepwise" in FLAGS.modes:
-                    program = _program(snn, steps, jit)
-                    images = tf.constant(x)
-
-                    def stepwise(p=program, n=steps, images=images):
-                        states = p.initial_states(FLAGS.batch_size)
-                        out, states = p.first_step(images, states)
-                        for _ in range(n - 1):
-                            out, states = p.next_step(images, states)
-                        return out["logits"].numpy()
-
-                    seconds, memory = _measure(stepwise, FLAGS.repeats)
-                    row.update(
-                        stepwise_ms=1e3 * seconds,
-                        stepwise_peak_mib=memory,
-                        stepwise_ratio=seconds / (steps * qann_s),
+                        {
+                            f"{mode}_ms": 1e3 * seconds,
+                            f"{mode}_peak_mib": memory,
+                            f"{mode}_ratio": seconds / (steps * qann_s),
+                        }
                     )
                 rows.append(row)
                 print(_format_row(row), flush=True)
@@ -147,7 +157,7 @@ def _format_row(row: dict) -> str:
         f"{row['model']:<13} xla={'on ' if row['xla'] else 'off'} T={row['timesteps']:<3}",
         f"qann {row['qann_ms']:8.2f} ms",
     ]
-    for mode in ("layerwise", "stepwise"):
+    for mode in MODES:
         if f"{mode}_ms" in row:
             parts.append(
                 f"{mode} {row[f'{mode}_ms']:9.2f} ms (x{row[f'{mode}_ratio']:.2f} "
@@ -157,10 +167,12 @@ def _format_row(row: dict) -> str:
 
 
 def _table(rows: list[dict]) -> str:
+    modes = [mode for mode in MODES if any(f"{mode}_ms" in row for row in rows)]
     lines = [
-        "| model | XLA | T | QANN ms | layerwise ms | ratio | peak MiB | stepwise ms | "
-        "ratio | peak MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | XLA | T | QANN ms | "
+        + " | ".join(f"{mode} ms | ratio | peak MiB" for mode in modes)
+        + " |",
+        "|---|---|---:|---:|" + "---:|---:|---:|" * len(modes),
     ]
     for row in rows:
         cells = [
@@ -169,7 +181,7 @@ def _table(rows: list[dict]) -> str:
             str(row["timesteps"]),
             f"{row['qann_ms']:.2f}",
         ]
-        for mode in ("layerwise", "stepwise"):
+        for mode in modes:
             if f"{mode}_ms" in row:
                 cells += [
                     f"{row[f'{mode}_ms']:.2f}",
