@@ -13,6 +13,7 @@ Two modes give identical spikes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -116,142 +117,220 @@ def ann_macs(snn: keras.Model) -> int:
     )
 
 
+@tf.function(jit_compile=True)
+def _signed_counts(spikes: tf.Tensor, lead: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Spikes of each sign per sample (and per step): one fused pass over `spikes`."""
+    flat = tf.reshape(spikes, tf.concat([tf.shape(spikes)[:lead], [-1]], 0))
+    positive = tf.reduce_sum(tf.cast(flat > 0, tf.int32), -1)
+    negative = tf.reduce_sum(tf.cast(flat < 0, tf.int32), -1)
+    return positive, negative
+
+
+@tf.function(jit_compile=True)
+def _events_times_fanout(inputs: tf.Tensor, fanout: tf.Tensor, lead: int) -> tf.Tensor:
+    """Synaptic operations: every nonzero input times its fan-out, summed per sample (and
+    per step); one fused pass over `inputs`."""
+    events = tf.where(tf.not_equal(inputs, 0), fanout, tf.zeros_like(fanout))
+    return tf.reduce_sum(tf.reshape(events, tf.concat([tf.shape(events)[:lead], [-1]], 0)), -1)
+
+
+def chunk_steps(program: Program, batch: int, max_memory_mb: float | None) -> int:
+    """Steps per layerwise run so that its tensors stay within `max_memory_mb`.
+
+    The estimate per step is what a layerwise run holds at its widest point: a layer's
+    input and output of one step plus the widest tensor still waiting for a later layer
+    (a residual branch), over the batch; statistics and states are small next to it.
+    Without a budget (None) the whole window runs at once.
+    """
+    steps = program.timesteps
+    if max_memory_mb is None:
+        return steps
+    return max(1, min(steps, int(max_memory_mb * 2**20 // step_bytes(program, batch))))
+
+
+def step_bytes(program: Program, batch: int) -> int:
+    """Estimated bytes that one step of a layerwise run holds at its widest point."""
+    sizes = [
+        int(np.prod(layer.output_shape[2:])) * 4
+        for layer, _ in program.graph
+        if getattr(layer, "temporal", False) and len(layer.output_shape) > 2
+    ]
+    largest = sorted(sizes, reverse=True)[:3]
+    return max(1, batch * sum(largest))
+
+
 class _Simulator:
     """The compiled functions that simulate one SNN at one number of steps, with statistics.
 
-    The work is `qffs_tf.snn.Program`'s (each layer's own `call` and `step`); this class only
-    adds what a simulation records: spikes of each sign per neuron layer, synaptic operations
-    and the logits.
+    The work is `qffs_tf.snn.Program`'s (each layer's own `window` and `step`); this class
+    only adds what a simulation records: spikes of each sign per neuron layer, synaptic
+    operations and the logits. The statistics are reduced on the device, in compiled
+    clusters that read each spike tensor once, and reach the host once per simulation.
     """
 
-    def __init__(self, snn: keras.Model, jit_compile: bool):
+    def __init__(self, snn: keras.Model, jit_compile: bool, chunk: int):
         self.program = Program(snn)
+        self.steps = self.program.timesteps
+        self.chunk = chunk
         self.neuron_layers = self.program.neuron_layers
         self.synapses = self.program.synapses
         self.fanouts = {layer.name: tf.constant(fanout(layer)) for layer in self.synapses}
+        self.inbound = {layer.name: inbound for layer, inbound in self.program.graph}
         self.input_macs = input_macs(snn)
         self.layerwise = tf.function(self._layerwise, jit_compile=jit_compile)
+        self.stepwise = tf.function(self._stepwise, jit_compile=jit_compile)
         self.first_step = tf.function(lambda x, s: self._step(x, s, True), jit_compile=jit_compile)
         # The batch shrinks as samples become quiet (early exit): one trace for all sizes.
         self.next_step = tf.function(
             lambda x, s: self._step(x, s, False), jit_compile=jit_compile, reduce_retracing=True
         )
 
-    def _stats(self, name: str, spikes: tf.Tensor, axis: int) -> dict[str, tf.Tensor]:
-        axes = _neuron_axes(spikes, axis)
-        return {
-            f"pos/{name}": tf.reduce_sum(tf.cast(spikes > 0, tf.int32), axes),
-            f"neg/{name}": tf.reduce_sum(tf.cast(spikes < 0, tf.int32), axes),
-        }
-
-    def _sops(self, name: str, inputs: tf.Tensor, axis: int) -> tf.Tensor:
-        events = tf.cast(tf.not_equal(inputs, 0), tf.float32) * self.fanouts[name]
-        return tf.reduce_sum(events, _neuron_axes(events, axis))
-
-    def _inputs_of(self, values: dict, name: str) -> tf.Tensor | None:
-        inbound = next(inbound for layer, inbound in self.program.graph if layer.name == name)
-        return values[inbound[0]]
-
-    def _layerwise(self, x):
-        values = self.program.window(x)
+    def _statistics(self, values: dict, lead: int) -> dict[str, tf.Tensor]:
+        """Logits, spikes of each sign and synaptic operations of a run (lead=2: (B, T)) or
+        of one step (lead=1: (B,))."""
         out = {"logits": values[self.program.integrate.name]}
         for layer in self.neuron_layers:
-            spikes = values[layer.name]
-            out.update(self._stats(layer.name, spikes, 2))
-            out[f"count/{layer.name}"] = tf.round(tf.reduce_sum(spikes, axis=1) / layer.threshold)
+            name = layer.name
+            out[f"pos/{name}"], out[f"neg/{name}"] = _signed_counts(values[name], lead)
         for layer in self.synapses:
-            out[f"sops/{layer.name}"] = self._sops(
-                layer.name, self._inputs_of(values, layer.name), 2
-            )
+            inputs = values[self.inbound[layer.name][0]]
+            if inputs is None:  # nothing arrived: no operation
+                batch = tf.shape(out["logits"])[0]
+                out[f"sops/{layer.name}"] = tf.zeros([batch], tf.float32)
+            else:
+                out[f"sops/{layer.name}"] = _events_times_fanout(
+                    inputs, self.fanouts[layer.name], lead
+                )
         return out
+
+    def _counts(self, state: dict) -> dict[str, tf.Tensor]:
+        return {
+            f"count/{layer.name}": layer.count(state[layer.name]) for layer in self.neuron_layers
+        }
+
+    def _layerwise(self, x):
+        runs, state = self.program.chunked_window(
+            x, self.chunk, lambda values, _: self._statistics(values, 2)
+        )
+        out = {key: tf.concat([run[key] for run in runs], axis=1) for key in runs[0]}
+        return {**out, **self._counts(state)}
 
     def initial_states(self, batch_size: int) -> dict[str, list[tf.Tensor]]:
         return self.program.initial_state(batch_size)
 
     def _step(self, x, states, first: bool):
         values, new_states = self.program.step(x, states, first)
-        batch = tf.shape(x)[0]
-        out = {"logits": values[self.program.integrate.name]}
+        out = self._statistics(values, 1)
+        quiet = tf.ones([tf.shape(x)[0]], tf.bool)
         for layer in self.neuron_layers:
-            out.update(self._stats(layer.name, values[layer.name], 1))
-        for layer in self.synapses:
-            inputs = self._inputs_of(values, layer.name)
-            if inputs is None:  # nothing arrived: no operation
-                out[f"sops/{layer.name}"] = tf.zeros([batch], tf.float32)
-            else:
-                out[f"sops/{layer.name}"] = self._sops(layer.name, inputs, 1)
-        return out, new_states
+            silent = (out[f"pos/{layer.name}"] + out[f"neg/{layer.name}"]) == 0
+            quiet = tf.logical_and(quiet, silent)
+        return {**out, "quiet": quiet}, new_states
+
+    def _stepwise(self, x):
+        """All steps in one compiled function: step 0, then a loop over the others; the
+        per-step statistics are stacked on the device."""
+        state = self.program.initial_state(tf.shape(x)[0])
+        first, state = self._step(x, state, True)
+        first.pop("quiet")
+        arrays = {
+            key: tf.TensorArray(value.dtype, size=self.steps - 1) for key, value in first.items()
+        }
+
+        def body(t, state, arrays):
+            out, state = self._step(x, state, False)
+            return (
+                t + 1,
+                state,
+                {key: array.write(t - 1, out[key]) for key, array in arrays.items()},
+            )
+
+        if self.steps > 1:
+            _, state, arrays = tf.while_loop(
+                lambda t, *_: t < self.steps, body, (tf.constant(1), state, arrays)
+            )
+        out = {}
+        for key, value in first.items():
+            value = tf.expand_dims(value, 1)
+            if self.steps > 1:
+                rest = arrays[key].stack()  # (T - 1, B, ...)
+                rest = tf.transpose(rest, [1, 0, *range(2, rest.shape.rank)])
+                value = tf.concat([value, rest], axis=1)
+            out[key] = value
+        return {**out, **self._counts(state)}
 
 
-def _simulator(snn: keras.Model, timesteps: int, jit_compile: bool) -> _Simulator:
+def _simulator(
+    snn: keras.Model, timesteps: int, jit_compile: bool, chunk: int | None
+) -> _Simulator:
     cache = snn.__dict__.setdefault("_qffs_programs", {})
-    key = (timesteps, jit_compile)
+    key = (timesteps, jit_compile, chunk)
     if key not in cache:
         model = with_timesteps(snn, timesteps)
-        cache[key] = _Simulator(model, jit_compile)
+        cache[key] = _Simulator(model, jit_compile, chunk or timesteps)
     return cache[key]
 
 
-def _run_stepwise(program: _Simulator, x: tf.Tensor, steps: int, early_exit: bool):
-    """Step through the window; with early exit, a sample leaves the batch once it is quiet.
+def _rows(indices: np.ndarray, value: tf.Tensor) -> tf.Tensor:
+    return tf.gather(value, indices)
+
+
+def _run_early_exit(program: _Simulator, x: tf.Tensor, steps: int):
+    """Step through the window; a sample leaves the batch once it is quiet.
 
     A sample is quiet after a step in which none of its neurons spiked: with the "once"
     input coding nothing arrives after step 0 but spikes, so its state, and its logits,
-    cannot change any more.
+    cannot change any more. The statistics stay on the device until the end; per step only
+    the quiet flags of the computed samples reach the host (they decide the next batch).
     Returns per-step statistics for the whole batch, final counts, steps run, and how many
     samples were computed at each step.
     """
     batch = int(x.shape[0])
     states = program.initial_states(batch)
     active = np.arange(batch)
-    records: dict[str, list[np.ndarray]] = {}
-    last: dict[str, np.ndarray] = {}  # per key, the latest full-batch values
-    counts = {
-        layer.name: np.zeros((batch, *layer.neuron_shape), np.float32)
-        for layer in program.neuron_layers
-    }
-    active_per_step = []
+    records = []  # per step: (indices of the computed samples, statistics on the device)
+    finished = []  # (sample indices, counts on the device) of samples that left the batch
     for t in range(steps):
-        if active.size == 0:
-            break
         fn = program.first_step if t == 0 else program.next_step
-        step_out, states = fn(x, states)
-        active_per_step.append(int(active.size))
-        silent = np.ones(active.size, bool)
-        for key, value in step_out.items():
-            value = value.numpy()
-            if key == "logits":
-                full = last.get(key, np.zeros((batch, *value.shape[1:]), value.dtype)).copy()
-            else:
-                full = np.zeros((batch, *value.shape[1:]), value.dtype)
-                if key.startswith(("pos/", "neg/")):
-                    silent &= value == 0
-            full[active] = value
-            last[key] = full
-            records.setdefault(key, []).append(full)
-        for layer in program.neuron_layers:
-            counts[layer.name][active] = layer.count(states[layer.name]).numpy()
-        if early_exit and silent.any() and t + 1 < steps:
-            keep = np.flatnonzero(~silent)
+        out, states = fn(x, states)
+        quiet = out.pop("quiet").numpy()
+        records.append((active, out))
+        last = t + 1 == steps
+        if quiet.all() or last:
+            finished.append((active, program._counts(states)))
+            break
+        if quiet.any():
+            leaving, keep = np.flatnonzero(quiet), np.flatnonzero(~quiet)
+            finished.append(
+                (
+                    active[leaving],
+                    {k: tf.gather(v, leaving) for k, v in program._counts(states).items()},
+                )
+            )
             active = active[keep]
             x = tf.gather(x, keep)
-            states = {
-                name: [tf.gather(value, keep) for value in values]
-                for name, values in states.items()
-            }
-    steps_run = len(active_per_step)
-    out = {key: np.stack(values, axis=1) for key, values in records.items()}
-    if steps_run < steps:  # everything quiet: nothing changes any more
-        for key, value in out.items():
-            pad = value[:, -1:] if key == "logits" else np.zeros_like(value[:, -1:])
-            out[key] = np.concatenate([value] + [pad] * (steps - steps_run), axis=1)
-    active_per_step += [0] * (steps - steps_run)
-    return (
-        out,
-        {name: np.round(value) for name, value in counts.items()},
-        steps_run,
-        active_per_step,
-    )
+            states = tf.nest.map_structure(functools.partial(_rows, keep), states)
+    steps_run = len(records)
+    out: dict[str, np.ndarray] = {}
+    for key in records[0][1]:
+        value = records[0][1][key].numpy()
+        full = np.zeros((batch, steps, *value.shape[1:]), value.dtype)
+        for t, (indices, stats) in enumerate(records):
+            if key == "logits" and t > 0:  # samples that left keep their logits
+                full[:, t] = full[:, t - 1]
+            full[indices, t] = stats[key].numpy()
+        if key == "logits":
+            for t in range(steps_run, steps):
+                full[:, t] = full[:, steps_run - 1]
+        out[key] = full
+    counts = {}
+    for layer in program.neuron_layers:
+        total = np.zeros((batch, *layer.neuron_shape), np.float32)
+        for indices, values in finished:
+            total[indices] = values[f"count/{layer.name}"].numpy()
+        counts[layer.name] = total
+    active_per_step = [len(indices) for indices, _ in records] + [0] * (steps - steps_run)
+    return out, counts, steps_run, active_per_step
 
 
 def _quiet_steps(spikes_per_step: np.ndarray, timesteps: int) -> np.ndarray:
@@ -284,12 +363,15 @@ def simulate(
     mode: str = "layerwise",
     early_exit: bool = False,
     jit_compile: bool = False,
+    max_memory_mb: float | None = None,
 ) -> SimulationResult:
     """Simulate `snn` on a batch `x` for `timesteps` steps (default: the SNN's own).
 
     Returns the logits after every step and per-step spike statistics. `early_exit`
     (stepwise only) stops computing each sample once it is quiet; the logits stay exact.
-    `jit_compile` runs the simulation under XLA.
+    `jit_compile` runs the simulation under XLA. `max_memory_mb` (layerwise) bounds the
+    memory of the window's tensors: the window then runs in time chunks, each layer's state
+    carried from chunk to chunk (same numbers); None runs it at once.
     """
     if mode not in MODES:
         raise QFFSError(f"mode must be one of {MODES}, got {mode!r}")
@@ -297,22 +379,27 @@ def simulate(
         raise QFFSError("early_exit needs mode='stepwise' (layerwise runs all steps at once)")
     steps = timesteps_of(snn) if timesteps is None else check_timesteps(timesteps)
     x = _check_input(snn, x)
-    program = _simulator(snn, steps, jit_compile)
+    if max_memory_mb is not None and not max_memory_mb > 0:
+        raise InvalidArgumentError(f"max_memory_mb must be > 0 or None, got {max_memory_mb!r}.")
+    batch = int(x.shape[0])
+    chunk = None
+    if mode == "layerwise" and max_memory_mb is not None:
+        chunk = chunk_steps(_simulator(snn, steps, jit_compile, None).program, batch, max_memory_mb)
+    program = _simulator(snn, steps, jit_compile, chunk)
     if early_exit and program.program.constant_input:
         raise InvalidArgumentError(
             "early_exit needs the 'once' input coding: with a constant input current (rate "
             "coding) a silent step does not mean the sample is done; use early_exit=False."
         )
-    batch = int(x.shape[0])
-    if mode == "layerwise":
-        out = {key: value.numpy() for key, value in program.layerwise(x).items()}
+    if early_exit:
+        out, counts, steps_run, active_per_step = _run_early_exit(program, x, steps)
+    else:
+        run = program.layerwise if mode == "layerwise" else program.stepwise
+        out = {key: value.numpy() for key, value in run(x).items()}
         steps_run = steps
         counts = {layer.name: out[f"count/{layer.name}"] for layer in program.neuron_layers}
         active_per_step = [batch] * steps
-        logits = out["logits"]
-    else:
-        out, counts, steps_run, active_per_step = _run_stepwise(program, x, steps, early_exit)
-        logits = out["logits"]
+    logits = out["logits"]
     positive = {layer.name: out[f"pos/{layer.name}"] for layer in program.neuron_layers}
     negative = {layer.name: out[f"neg/{layer.name}"] for layer in program.neuron_layers}
     result = SimulationResult(

@@ -1,7 +1,8 @@
 """Spiking layers other than the neurons: input coding, linear ops, pooling, the readout.
 
-Each is a Keras layer implementing `qffs_tf.snn.base.SpikingLayer`: `call` runs the whole
-window (or the static value), `step` one time step. The invariant that makes the conversion
+Each is a Keras layer implementing `qffs_tf.snn.base.SpikingLayer`: `window` runs a run of
+steps from a carried state, `call` the whole window (or the static value), `step` one time
+step. The invariant that makes the conversion
 exact: for the "once" input coding, the sum over time of a temporal tensor equals the QANN's
 value of it.
 """
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 from qffs_tf._keras import keras, tf
 from qffs_tf.snn.base import (
+    MAX_CONDITIONAL_STEPS,
     SpikingLayer,
+    active_steps,
     add_optional,
     fold_time,
+    on_active_steps,
     over_window,
     pairwise_sum,
     running_sum,
@@ -70,12 +74,20 @@ class ToTemporal(SpikingLayer, keras.layers.Layer):
         self.constant_input = bool(constant_input)
 
     def call(self, inputs):
-        if self.constant_input:
-            multiples = [1, self.timesteps] + [1] * (inputs.shape.rank - 1)
-            return tf.tile(tf.expand_dims(inputs, 1), multiples)
+        return self.window(inputs, self.initial_state(tf.shape(inputs)[0], inputs.dtype))[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
+        steps = self.timesteps if steps is None else int(steps)
         rank = inputs.shape.rank
-        padding = [[0, 0], [0, self.timesteps - 1]] + [[0, 0]] * (rank - 1)
-        return tf.pad(tf.expand_dims(inputs, 1), padding)
+        if self.constant_input:
+            multiples = [1, steps] + [1] * (rank - 1)
+            return tf.tile(tf.expand_dims(inputs, 1), multiples), [inputs]
+        if start > 0:  # the value arrived at step 0, in an earlier run
+            return tf.zeros(
+                tf.concat([tf.shape(inputs)[:1], [steps], tf.shape(inputs)[1:]], 0)
+            ), state
+        padding = [[0, 0], [0, steps - 1]] + [[0, 0]] * (rank - 1)
+        return tf.pad(tf.expand_dims(inputs, 1), padding), state
 
     def build(self, input_shape):
         self.static_shape = tuple(int(d) for d in input_shape[1:])
@@ -173,12 +185,37 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
             x, kernel, (1, *self.strides, 1), self.padding, dilations=self.dilation_rate
         )
 
+    def output_step_shape(self, input_step_shape) -> tuple[int, ...]:
+        """Shape of one sample's output for one sample's input shape (geometry only)."""
+        shape = tuple(int(d) for d in input_step_shape)
+        if self.kind == "dense":
+            return (*shape[:-1], self.out_channels)
+        sizes = []
+        for size, kernel, stride, dilation in zip(
+            shape[:2], self.kernel_shape[:2], self.strides, self.dilation_rate, strict=True
+        ):
+            span = (kernel - 1) * dilation + 1
+            sizes.append(
+                -(-size // stride) if self.padding == "SAME" else (size - span) // stride + 1
+            )
+        return (*sizes, self.out_channels)
+
+    def _zeros(self, inputs: tf.Tensor, per_sample_shape) -> tf.Tensor:
+        """Zeros shaped like the op's output for a batch of `inputs`."""
+        return tf.zeros(
+            tf.concat([tf.shape(inputs)[:1], self.output_step_shape(per_sample_shape)], 0)
+        )
+
     def call(self, inputs):
+        return self.window(inputs, [])[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
         if not self.temporal:
-            return self.linear(inputs) + self.bias
-        folded, batch_time = fold_time(inputs)
-        y = unfold_time(self.linear(folded), batch_time)
-        return y + over_window(self.bias, y, self.constant_input)
+            return self.linear(inputs) + self.bias, state
+        y = on_active_steps(self.linear, inputs, self._zeros(inputs, inputs.shape[2:]))
+        if start == 0 or self.constant_input:
+            y = y + over_window(self.bias, y, self.constant_input)
+        return y, state
 
     def step(self, inputs, state, first, arithmetic: bool = False):
         if inputs is None:
@@ -187,9 +224,15 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
             if bias is not None:
                 raise ValueError(f"{self.name}: a bias needs an input tensor to take its shape")
             return None, state
-        return add_optional(
-            self.linear(inputs), static_part(self.bias, first, self.constant_input)
-        ), state
+        if arithmetic:  # no control flow (TFLite)
+            y = self.linear(inputs)
+        else:  # skip the op when this step's input is zero for the whole batch
+            y = tf.cond(
+                active_steps(tf.expand_dims(inputs, 1))[0],
+                lambda: self.linear(inputs),
+                lambda: self._zeros(inputs, inputs.shape[1:]),
+            )
+        return add_optional(y, static_part(self.bias, first, self.constant_input)), state
 
     def get_config(self):
         return {
@@ -224,10 +267,15 @@ class SpikingAffine(SpikingLayer, keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
+        return self.window(inputs, [])[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
         y = inputs * self.scale
         if not self.temporal:
-            return y + self.offset
-        return y + over_window(self.offset, y, self.constant_input)
+            return y + self.offset, state
+        if start == 0 or self.constant_input:
+            y = y + over_window(self.offset, y, self.constant_input)
+        return y, state
 
     def step(self, inputs, state, first, arithmetic: bool = False):
         if inputs is None:
@@ -308,13 +356,14 @@ class SpikingAdd(SpikingLayer, keras.layers.Layer):
 
 
 @tf.function(jit_compile=True)
-def _temporal_max_pool(inputs, pool_size, strides, padding):
-    """maxpool(c_t) - maxpool(c_{t-1}) for every t, with c the running sum; one XLA cluster."""
-    counts = running_sum(inputs)
-    folded, batch_time = fold_time(counts)
+def _temporal_max_pool(inputs, counts, previous, pool_size, strides, padding):
+    """maxpool(c_t) - maxpool(c_{t-1}) for every t, with c the running sum from `counts`
+    (and `previous` = maxpool(counts)); one XLA cluster. Used for long windows."""
+    totals = tf.expand_dims(counts, 1) + running_sum(inputs)
+    folded, batch_time = fold_time(totals)
     pooled = unfold_time(tf.nn.max_pool2d(folded, pool_size, strides, padding), batch_time)
-    previous = tf.pad(pooled[:, :-1], [[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]])
-    return pooled - previous
+    before = tf.concat([tf.expand_dims(previous, 1), pooled[:, :-1]], axis=1)
+    return pooled - before, totals[:, -1], pooled[:, -1]
 
 
 @keras.utils.register_keras_serializable(package="qffs_tf")
@@ -342,7 +391,35 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
     def call(self, inputs):
         if not self.temporal:
             return self.pool(inputs)
-        return _temporal_max_pool(inputs, self.pool_size, self.strides, self.padding)
+        return self.window(inputs, self.initial_state(tf.shape(inputs)[0], inputs.dtype))[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
+        if not self.temporal:
+            return self.pool(inputs), state
+        counts, previous = state
+        steps = inputs.shape[1]
+        if steps is None or steps > MAX_CONDITIONAL_STEPS:
+            out, counts, previous = _temporal_max_pool(
+                inputs, counts, previous, self.pool_size, self.strides, self.padding
+            )
+            return out, [counts, previous]
+        # Step by step, pooling only at steps whose input is nonzero somewhere in the batch
+        # (elsewhere the counts, and so their max, do not change).
+        active = active_steps(inputs)
+        outputs = []
+        for t in range(steps):
+            current_counts, current = tf.cond(
+                active[t],
+                lambda c=counts, t=t: self._advance(c, inputs[:, t]),
+                lambda c=counts, p=previous: (c, p),
+            )
+            outputs.append(current - previous)
+            counts, previous = current_counts, current
+        return tf.stack(outputs, axis=1), [counts, previous]
+
+    def _advance(self, counts, spikes):
+        counts = counts + spikes
+        return counts, self.pool(counts)
 
     def build(self, input_shape):
         self.input_spec_shape = tuple(int(d) for d in input_shape[-3:])
@@ -356,8 +433,14 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
         if inputs is None:  # unchanged counts: unchanged max
             return None, state
         counts, previous = state
-        counts = counts + inputs
-        pooled = self.pool(counts)
+        if arithmetic:  # no control flow (TFLite)
+            counts, pooled = self._advance(counts, inputs)
+        else:
+            counts, pooled = tf.cond(
+                active_steps(tf.expand_dims(inputs, 1))[0],
+                lambda: self._advance(counts, inputs),
+                lambda: (counts, previous),
+            )
         return pooled - previous, [counts, pooled]
 
     def get_config(self):
@@ -389,11 +472,16 @@ class Integrate(SpikingLayer, keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
-        total = running_sum(inputs)
+        return self.window(inputs, self.initial_state(tf.shape(inputs)[0], inputs.dtype))[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
+        total = tf.expand_dims(state[0], 1) + running_sum(inputs)
         if not self.mean:
-            return total
-        steps = tf.cast(tf.range(1, tf.shape(inputs)[1] + 1), inputs.dtype)
-        return total / tf.reshape(steps, [1, -1] + [1] * (inputs.shape.rank - 2))
+            return total, [total[:, -1]]
+        rank = inputs.shape.rank
+        count = tf.cast(tf.range(1, tf.shape(inputs)[1] + 1), inputs.dtype)
+        count = tf.expand_dims(state[1], 1) + tf.reshape(count, [1, -1] + [1] * (rank - 2))
+        return total / count, [total[:, -1], count[:, -1]]
 
     def initial_state(self, batch_size, dtype=tf.float32):
         total = tf.zeros(tf.concat([[batch_size], self.output_dims], 0), dtype)

@@ -18,8 +18,9 @@ _WINDOWS: dict[tuple, object] = {}
 
 
 def _window_function(neuron, arithmetic: bool):
-    """The neuron's rule unrolled over a short window, compiled once per model into one XLA
-    cluster (several times faster on CPU than the generic RNN loop; the same operations)."""
+    """The neuron's rule unrolled over a short window from a given state, compiled once per
+    model into one XLA cluster (several times faster on CPU than the generic RNN loop; the
+    same operations). Returns (outputs, final state)."""
     key = (type(neuron), json.dumps(neuron.get_config(), sort_keys=True), arithmetic)
     if key not in _WINDOWS:
 
@@ -28,7 +29,7 @@ def _window_function(neuron, arithmetic: bool):
             for t in range(inputs.shape[1]):
                 spikes, state = neuron.update(inputs[:, t], state, threshold, levels, arithmetic)
                 outputs.append(spikes * threshold)
-            return tf.stack(outputs, axis=1)
+            return tf.stack(outputs, axis=1), state
 
         _WINDOWS[key] = tf.function(window, jit_compile=True)
     return _WINDOWS[key]
@@ -145,18 +146,35 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
         return self.cell.neuron_shape
 
     def call(self, inputs, mask=None, training=None, initial_state=None):
-        steps = inputs.shape[1]
-        if initial_state is not None or steps is None or steps > MAX_UNROLLED_STEPS:
+        if mask is not None:
             return super().call(inputs, mask, training, initial_state)
-        state = self.initial_state(tf.shape(inputs)[0], inputs.dtype)
-        # Threshold and cap as tensors: layers of the same shape share one compiled window.
+        if initial_state is None:
+            initial_state = self.initial_state(tf.shape(inputs)[0], inputs.dtype)
+        return self.window(inputs, list(initial_state))[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
+        total = inputs.shape[1]
+        if total is None:  # unknown length: the generic RNN loop
+            _, outputs, state = keras.backend.rnn(
+                lambda x, s: self.cell.update(x, s), inputs, list(state)
+            )
+            return outputs, list(state)
+        # Threshold and cap as tensors: layers of the same shape share one compiled window;
+        # long windows run as pieces of at most MAX_UNROLLED_STEPS steps.
         window = _window_function(self.neuron, arithmetic=False)
-        return window(
-            inputs,
-            state,
-            tf.constant(self.threshold, inputs.dtype),
-            tf.constant(self.levels, inputs.dtype),
-        )
+        threshold = tf.constant(self.threshold, inputs.dtype)
+        levels = tf.constant(self.levels, inputs.dtype)
+        pieces = []
+        for begin in range(0, total, MAX_UNROLLED_STEPS):
+            piece = (
+                inputs
+                if total <= MAX_UNROLLED_STEPS
+                else inputs[:, begin : begin + MAX_UNROLLED_STEPS]
+            )
+            outputs, state = window(piece, list(state), threshold, levels)
+            pieces.append(outputs)
+        outputs = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=1)
+        return outputs, list(state)
 
     def initial_state(self, batch_size, dtype=tf.float32):
         return self.cell.get_initial_state(batch_size=batch_size, dtype=dtype)
@@ -164,7 +182,11 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
     def step(self, inputs, state, first, arithmetic: bool = False):
         if inputs is None:
             inputs = tf.zeros_like(state[0])
-        return self.cell.update(inputs, state, arithmetic)
+        if arithmetic:  # plain ops for TFLite
+            return self.cell.update(inputs, state, arithmetic)
+        # A one-step window: the update fused into one XLA cluster, one pass over memory.
+        outputs, state = self.window(tf.expand_dims(inputs, 1), state)
+        return outputs[:, 0], state
 
     def count(self, state) -> tf.Tensor:
         """Net spike count held in a state returned by `step`."""

@@ -12,6 +12,7 @@ from qffs_tf.errors import ConversionError
 from qffs_tf.snn.base import SpikingLayer
 from qffs_tf.snn.layers import Integrate, Readout, SpikingLinear, ToTemporal
 from qffs_tf.snn.neuron_layer import SpikingNeurons
+from qffs_tf.snn.timesteps import timesteps_of
 
 
 def layer_graph(snn: keras.Model) -> list[tuple[keras.layers.Layer, list[str]]]:
@@ -91,6 +92,15 @@ class Program:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.snn.input_shape[1:])
 
+    @property
+    def timesteps(self) -> int:
+        """The SNN's window length T."""
+        return timesteps_of(self.snn)
+
+    def static_names(self) -> list[str]:
+        """Layers computed once from the analog input (the static part)."""
+        return [layer.name for layer, _ in self.graph if not _is_temporal(layer)]
+
     def initial_state(self, batch_size, dtype=tf.float32) -> dict[str, list[tf.Tensor]]:
         """Every stateful layer's state before step 0 (layers without state are absent)."""
         state = {}
@@ -101,16 +111,96 @@ class Program:
                     state[layer.name] = values
         return state
 
-    def window(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        """The whole window layer by layer: every layer's output (temporal ones (B, T, ...))."""
-        values = {}
+    def window(
+        self,
+        x: tf.Tensor,
+        state: dict | None = None,
+        start: int = 0,
+        steps: int | None = None,
+        static: dict | None = None,
+    ) -> tuple[dict[str, tf.Tensor], dict]:
+        """Steps [start, start + steps) layer by layer, each layer's `window` from `state`.
+
+        Parameters
+        ----------
+        x : tf.Tensor
+            The analog input batch.
+        state : dict, optional
+            From `initial_state` (the default) or the previous run of steps.
+        start : int
+            Index of the first step of this run (0: the run that receives the static part).
+        steps : int, optional
+            Length of the run (default: the SNN's whole window T).
+        static : dict, optional
+            The static layers' values from an earlier run, so they are not computed again.
+
+        Returns
+        -------
+        values : dict
+            Layer name -> output (temporal ones (B, steps, ...)).
+        state : dict
+            The state after the run.
+        """
+        if state is None:
+            state = self.initial_state(tf.shape(x)[0], x.dtype)
+        values, new_state = {}, dict(state)
         for layer, inbound in self.graph:
+            name = layer.name
             if isinstance(layer, keras.layers.InputLayer):
-                values[layer.name] = x
+                values[name] = x
                 continue
-            inputs = [values[name] for name in inbound]
-            values[layer.name] = layer(inputs if len(inputs) > 1 else inputs[0])
-        return values
+            if not _is_temporal(layer) and static is not None:
+                values[name] = static[name]
+                continue
+            inputs = [values[i] for i in inbound]
+            arg = inputs if len(inputs) > 1 else inputs[0]
+            if not _is_temporal(layer):
+                values[name] = layer(arg)
+                continue
+            values[name], layer_state = layer.window(arg, state.get(name, []), start, steps)
+            if name in state:
+                new_state[name] = layer_state
+        return values, new_state
+
+    def chunked_window(self, x: tf.Tensor, chunk_steps: int, collect):
+        """The whole window as runs of at most `chunk_steps` steps, each layer's state carried
+        from run to run, so that only one run's tensors are alive at a time.
+
+        Parameters
+        ----------
+        x : tf.Tensor
+            The analog input batch.
+        chunk_steps : int
+            Steps per run.
+        collect : callable
+            `collect(values, state)` -> what to keep of a run (small tensors); called once
+            per run, in order.
+
+        Returns
+        -------
+        results : list
+            `collect`'s results, one per run.
+        state : dict
+            The state after the last step.
+
+        Example
+        -------
+        >>> runs, state = program.chunked_window(x, 4, lambda v, s: v["logits_integrate"])
+        >>> logits = tf.concat(runs, axis=1)  # (B, T, classes)
+        """
+        total = self.timesteps
+        chunk_steps = max(1, min(int(chunk_steps), total))
+        state, static, results = None, None, []
+        for start in range(0, total, chunk_steps):
+            if results:  # finish the previous run before starting this one: bounded memory
+                with tf.control_dependencies(tf.nest.flatten(results[-1])):
+                    state = tf.nest.map_structure(tf.identity, state)
+                    static = tf.nest.map_structure(tf.identity, static)
+            steps = min(chunk_steps, total - start)
+            values, state = self.window(x, state, start, steps, static)
+            static = {name: values[name] for name in self.static_names()}
+            results.append(collect(values, state))
+        return results, state
 
     def step(self, x, state: dict, first, arithmetic: bool = False):
         """One time step over the graph.
