@@ -117,21 +117,41 @@ def ann_macs(snn: keras.Model) -> int:
     )
 
 
-@tf.function(jit_compile=True)
-def _signed_counts(spikes: tf.Tensor, lead: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Spikes of each sign per sample (and per step): one fused pass over `spikes`."""
-    flat = tf.reshape(spikes, tf.concat([tf.shape(spikes)[:lead], [-1]], 0))
-    positive = tf.reduce_sum(tf.cast(flat > 0, tf.int32), -1)
-    negative = tf.reduce_sum(tf.cast(flat < 0, tf.int32), -1)
-    return positive, negative
+def _group(size: int) -> int:
+    """The largest group of at most 32 that divides `size`."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if size % g == 0)
 
 
 @tf.function(jit_compile=True)
-def _events_times_fanout(inputs: tf.Tensor, fanout: tf.Tensor, lead: int) -> tf.Tensor:
-    """Synaptic operations: every nonzero input times its fan-out, summed per sample (and
-    per step); one fused pass over `inputs`."""
-    events = tf.where(tf.not_equal(inputs, 0), fanout, tf.zeros_like(fanout))
-    return tf.reduce_sum(tf.reshape(events, tf.concat([tf.shape(events)[:lead], [-1]], 0)), -1)
+def _partial_counts(values: tf.Tensor, fanouts: tuple, lead: int, signs: bool):
+    """Per group of 32 neurons: spikes of each sign and events times fan-out, in int32.
+
+    One fused pass over `values`. The reduction stops at groups of 32 because XLA's CPU
+    backend turns longer reductions into a slow reduce-window; the caller finishes them.
+    """
+    shape = tf.shape(values)
+    size = values.shape[lead:].num_elements()
+    group = _group(size)
+    grouped = tf.reshape(values, tf.concat([shape[:lead], [size // group, group]], 0))
+    out = []
+    if signs:
+        out.append(tf.reduce_sum(tf.cast(grouped > 0, tf.int32), -1))
+        out.append(tf.reduce_sum(tf.cast(grouped < 0, tf.int32), -1))
+    nonzero = tf.not_equal(grouped, 0)
+    for fan in fanouts:
+        fan = tf.reshape(tf.cast(fan, tf.int32), [size // group, group])
+        out.append(tf.reduce_sum(tf.where(nonzero, fan, tf.zeros_like(fan)), -1))
+    return out
+
+
+def _integer_statistics(
+    values: tf.Tensor, fanouts: list, lead: int, signs: bool
+) -> list[tf.Tensor]:
+    """Exact integer statistics of a (B, T, ...) or (B, ...) tensor, per sample (and step):
+    [positive, negative] if `signs`, then events times each fan-out (synaptic operations)."""
+    return [
+        tf.reduce_sum(part, -1) for part in _partial_counts(values, tuple(fanouts), lead, signs)
+    ]
 
 
 def chunk_steps(program: Program, batch: int, max_memory_mb: float | None) -> int:
@@ -187,20 +207,24 @@ class _Simulator:
 
     def _statistics(self, values: dict, lead: int) -> dict[str, tf.Tensor]:
         """Logits, spikes of each sign and synaptic operations of a run (lead=2: (B, T)) or
-        of one step (lead=1: (B,))."""
+        of one step (lead=1: (B,)). Each tensor is read once for all its statistics."""
         out = {"logits": values[self.program.integrate.name]}
-        for layer in self.neuron_layers:
-            name = layer.name
-            out[f"pos/{name}"], out[f"neg/{name}"] = _signed_counts(values[name], lead)
+        readers: dict[str, list] = {layer.name: [] for layer in self.neuron_layers}
         for layer in self.synapses:
-            inputs = values[self.inbound[layer.name][0]]
-            if inputs is None:  # nothing arrived: no operation
-                batch = tf.shape(out["logits"])[0]
-                out[f"sops/{layer.name}"] = tf.zeros([batch], tf.float32)
-            else:
-                out[f"sops/{layer.name}"] = _events_times_fanout(
-                    inputs, self.fanouts[layer.name], lead
-                )
+            readers.setdefault(self.inbound[layer.name][0], []).append(layer.name)
+        neuron_names = set(readers) & {layer.name for layer in self.neuron_layers}
+        for name, synapses in readers.items():
+            tensor, signs = values[name], name in neuron_names
+            if tensor is None:  # nothing arrived: no operation
+                for synapse in synapses:
+                    out[f"sops/{synapse}"] = tf.zeros(tf.shape(out["logits"])[:lead], tf.float32)
+                continue
+            counts = _integer_statistics(tensor, [self.fanouts[s] for s in synapses], lead, signs)
+            if signs:
+                out[f"pos/{name}"], out[f"neg/{name}"] = counts[:2]
+                counts = counts[2:]
+            for synapse, value in zip(synapses, counts, strict=True):
+                out[f"sops/{synapse}"] = tf.cast(value, tf.float32)
         return out
 
     def _counts(self, state: dict) -> dict[str, tf.Tensor]:

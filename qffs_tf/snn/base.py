@@ -136,7 +136,9 @@ def on_active_steps(fn, x: tf.Tensor, zero_step: tf.Tensor) -> tf.Tensor:
     def silent():
         return tf.tile(tf.expand_dims(zero_step, 1), [1, total] + [1] * (zero_step.shape.rank - 1))
 
-    return tf.cond(stop > start, computed, silent)
+    y = tf.cond(stop > start, computed, silent)
+    y.set_shape([x.shape[0], steps, *zero_step.shape[1:]])
+    return y
 
 
 def running_sum(x: tf.Tensor) -> tf.Tensor:

@@ -157,7 +157,8 @@ class Program:
             if not _is_temporal(layer):
                 values[name] = layer(arg)
                 continue
-            values[name], layer_state = layer.window(arg, state.get(name, []), start, steps)
+            with tf.name_scope(name):
+                values[name], layer_state = layer.window(arg, state.get(name, []), start, steps)
             if name in state:
                 new_state[name] = layer_state
         return values, new_state
@@ -237,7 +238,8 @@ class Program:
                 present = (dynamic or first) and all(value is not None for value in inputs)
                 values[name] = layer(arg) if present else None
                 continue
-            values[name], layer_state = layer.step(arg, state.get(name, []), first, arithmetic)
+            with tf.name_scope(name):
+                values[name], layer_state = layer.step(arg, state.get(name, []), first, arithmetic)
             if name in state:
                 new_state[name] = layer_state
         return values, new_state
