@@ -20,6 +20,7 @@ import numpy as np
 from qffs_tf._keras import keras, tf
 from qffs_tf.errors import InvalidArgumentError, QFFSError
 from qffs_tf.snn import layers as spiking
+from qffs_tf.snn.base import group_size
 from qffs_tf.snn.program import Program
 from qffs_tf.snn.timesteps import check_timesteps, timesteps_of, with_timesteps
 
@@ -117,11 +118,6 @@ def ann_macs(snn: keras.Model) -> int:
     )
 
 
-def _group(size: int) -> int:
-    """The largest group of at most 32 that divides `size`."""
-    return next(g for g in (32, 16, 8, 4, 2, 1) if size % g == 0)
-
-
 @tf.function(jit_compile=True)
 def _partial_counts(values: tf.Tensor, fanouts: tuple, lead: int, signs: bool):
     """Per group of 32 neurons: spikes of each sign and events times fan-out, in int32.
@@ -131,7 +127,7 @@ def _partial_counts(values: tf.Tensor, fanouts: tuple, lead: int, signs: bool):
     """
     shape = tf.shape(values)
     size = values.shape[lead:].num_elements()
-    group = _group(size)
+    group = group_size(size)
     grouped = tf.reshape(values, tf.concat([shape[:lead], [size // group, group]], 0))
     out = []
     if signs:

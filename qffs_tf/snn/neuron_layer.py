@@ -20,14 +20,27 @@ _WINDOWS: dict[tuple, object] = {}
 def _window_function(neuron, arithmetic: bool):
     """The neuron's rule unrolled over a short window from a given state, compiled once per
     model into one XLA cluster (several times faster on CPU than the generic RNN loop; the
-    same operations). Returns (outputs, final state)."""
+    same operations). Returns (outputs, final state).
+
+    `inputs` is (B, T, ...), or, with `steps` given, the static (B, ...) value that the
+    neuron model's input coding delivers: at the first step of the run if `first` ("once"),
+    or at every step ("constant"); the other steps receive nothing, and no zeros are read.
+    """
     key = (type(neuron), json.dumps(neuron.get_config(), sort_keys=True), arithmetic)
     if key not in _WINDOWS:
 
-        def window(inputs, state, threshold, levels):
+        def window(inputs, state, threshold, levels, steps=None, first=True):
+            static = steps is not None
+            every_step = neuron.input_coding == "constant"
             outputs = []
-            for t in range(inputs.shape[1]):
-                spikes, state = neuron.update(inputs[:, t], state, threshold, levels, arithmetic)
+            for t in range(steps if static else inputs.shape[1]):
+                if not static:
+                    current = inputs[:, t]
+                elif every_step or (first and t == 0):
+                    current = inputs
+                else:
+                    current = tf.zeros_like(state[0])  # folded away by XLA
+                spikes, state = neuron.update(current, state, threshold, levels, arithmetic)
                 outputs.append(spikes * threshold)
             return tf.stack(outputs, axis=1), state
 
@@ -153,6 +166,11 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
         return self.window(inputs, list(initial_state))[0]
 
     def window(self, inputs, state, start: int = 0, steps: int | None = None):
+        """See `SpikingLayer.window`. `inputs` may also be the static (B, ...) value, with
+        `steps` given: the input coding of the neuron model then delivers it (at step 0
+        only, or at every step) without a (B, T, ...) tensor of its copies and zeros."""
+        if inputs.shape.rank == len(self.neuron_shape) + 1:
+            return self._static_window(inputs, state, start, int(steps))
         total = inputs.shape[1]
         if total is None:  # unknown length: the generic RNN loop
             _, outputs, state = keras.backend.rnn(
@@ -172,6 +190,19 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
                 else inputs[:, begin : begin + MAX_UNROLLED_STEPS]
             )
             outputs, state = window(piece, list(state), threshold, levels)
+            pieces.append(outputs)
+        outputs = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=1)
+        return outputs, list(state)
+
+    def _static_window(self, inputs, state, start: int, steps: int):
+        window = _window_function(self.neuron, arithmetic=False)
+        threshold = tf.constant(self.threshold, inputs.dtype)
+        levels = tf.constant(self.levels, inputs.dtype)
+        pieces = []
+        for begin in range(0, steps, MAX_UNROLLED_STEPS):
+            length = min(MAX_UNROLLED_STEPS, steps - begin)
+            first = start + begin == 0
+            outputs, state = window(inputs, list(state), threshold, levels, length, first)
             pieces.append(outputs)
         outputs = pieces[0] if len(pieces) == 1 else tf.concat(pieces, axis=1)
         return outputs, list(state)

@@ -67,6 +67,7 @@ class Program:
     def __init__(self, snn: keras.Model):
         self.snn = snn
         self.graph = layer_graph(snn)
+        self.inbound = {layer.name: inbound for layer, inbound in self.graph}
         layers = [layer for layer, _ in self.graph]
         self.neuron_layers = [layer for layer in layers if isinstance(layer, SpikingNeurons)]
         self.synapses = [
@@ -87,6 +88,27 @@ class Program:
         self.constant_input = any(
             isinstance(layer, ToTemporal) and layer.constant_input for layer in layers
         )
+        self.direct_static = self._direct_static_inputs()
+
+    def _direct_static_inputs(self) -> set[str]:
+        """ToTemporal layers whose only readers are neuron layers of the same input coding:
+        in `window` those neurons take the static value itself (nothing laid over T)."""
+        readers: dict[str, list] = {}
+        for layer, inbound in self.graph:
+            for name in inbound:
+                readers.setdefault(name, []).append(layer)
+        direct = set()
+        for layer, _ in self.graph:
+            if not isinstance(layer, ToTemporal):
+                continue
+            users = readers.get(layer.name, [])
+            if users and all(
+                isinstance(user, SpikingNeurons)
+                and (user.neuron.input_coding == "constant") == layer.constant_input
+                for user in users
+            ):
+                direct.add(layer.name)
+        return direct
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -152,13 +174,25 @@ class Program:
             if not _is_temporal(layer) and static is not None:
                 values[name] = static[name]
                 continue
-            inputs = [values[i] for i in inbound]
+            if name in self.direct_static:  # its neurons read the static value directly
+                values[name] = None
+                if name in state:  # "constant" coding keeps the value (see ToTemporal.step)
+                    new_state[name] = [values[inbound[0]]]
+                continue
+            if len(inbound) == 1 and inbound[0] in self.direct_static:
+                inputs = [values[self.inbound[inbound[0]][0]]]
+                steps_here = steps or self.timesteps
+            else:
+                inputs = [values[i] for i in inbound]
+                steps_here = steps
             arg = inputs if len(inputs) > 1 else inputs[0]
             if not _is_temporal(layer):
                 values[name] = layer(arg)
                 continue
             with tf.name_scope(name):
-                values[name], layer_state = layer.window(arg, state.get(name, []), start, steps)
+                values[name], layer_state = layer.window(
+                    arg, state.get(name, []), start, steps_here
+                )
             if name in state:
                 new_state[name] = layer_state
         return values, new_state
