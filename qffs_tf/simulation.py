@@ -150,6 +150,14 @@ def _integer_statistics(
     ]
 
 
+@tf.function(jit_compile=True)
+def _spikes_per_neuron(outputs: tf.Tensor, threshold: float) -> tf.Tensor:
+    """Net spikes per neuron over a run: outputs (B, T, ...) are spikes times the
+    threshold; the sum over the run divided by it, rounded (XLA may turn the division into a
+    multiplication by 1/threshold, which is not exact, hence the rounding)."""
+    return tf.round(tf.reduce_sum(outputs, axis=1) / threshold)
+
+
 def chunk_steps(program: Program, batch: int, max_memory_mb: float | None) -> int:
     """Steps per layerwise run so that its tensors stay within `max_memory_mb`.
 
@@ -228,12 +236,23 @@ class _Simulator:
             f"count/{layer.name}": layer.count(state[layer.name]) for layer in self.neuron_layers
         }
 
+    def _collect(self, values: dict, before: dict, last: bool) -> dict[str, tf.Tensor]:
+        """Statistics of one run of steps; after the last run, the final counts too: the
+        counts the run started from plus the spikes it made (so that no final state is
+        computed)."""
+        out = self._statistics(values, 2)
+        if last:
+            for layer in self.neuron_layers:
+                spikes = _spikes_per_neuron(values[layer.name], layer.threshold)
+                out[f"count/{layer.name}"] = layer.count(before[layer.name]) + spikes
+        return out
+
     def _layerwise(self, x):
-        runs, state = self.program.chunked_window(
-            x, self.chunk, lambda values, _: self._statistics(values, 2)
-        )
-        out = {key: tf.concat([run[key] for run in runs], axis=1) for key in runs[0]}
-        return {**out, **self._counts(state)}
+        runs, _ = self.program.chunked_window(x, self.chunk, self._collect)
+        stacked = [key for key in runs[0] if not key.startswith("count/")]
+        out = {key: tf.concat([run[key] for run in runs], axis=1) for key in stacked}
+        counts = {key: value for key, value in runs[-1].items() if key.startswith("count/")}
+        return {**out, **counts}
 
     def initial_states(self, batch_size: int) -> dict[str, list[tf.Tensor]]:
         return self.program.initial_state(batch_size)

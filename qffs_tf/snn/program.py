@@ -208,8 +208,9 @@ class Program:
         chunk_steps : int
             Steps per run.
         collect : callable
-            `collect(values, state)` -> what to keep of a run (small tensors); called once
-            per run, in order.
+            `collect(values, state, last)` -> what to keep of a run (small tensors), from the
+            run's values, the state it started from and whether it is the last run; called
+            once per run, in order. A state that nothing reads is never computed.
 
         Returns
         -------
@@ -220,7 +221,7 @@ class Program:
 
         Example
         -------
-        >>> runs, state = program.chunked_window(x, 4, lambda v, s: v["logits_integrate"])
+        >>> runs, _ = program.chunked_window(x, 4, lambda v, s, last: v["logits_integrate"])
         >>> logits = tf.concat(runs, axis=1)  # (B, T, classes)
         """
         total = self.timesteps
@@ -232,9 +233,10 @@ class Program:
                     state = tf.nest.map_structure(tf.identity, state)
                     static = tf.nest.map_structure(tf.identity, static)
             steps = min(chunk_steps, total - start)
-            values, state = self.window(x, state, start, steps, static)
+            before = self.initial_state(tf.shape(x)[0], x.dtype) if state is None else state
+            values, state = self.window(x, before, start, steps, static)
             static = {name: values[name] for name in self.static_names()}
-            results.append(collect(values, state))
+            results.append(collect(values, before, start + steps == total))
         return results, state
 
     def step(self, x, state: dict, first, arithmetic: bool = False):
