@@ -399,7 +399,7 @@ class SpikingAdd(SpikingLayer, keras.layers.Layer):
 def _temporal_max_pool(inputs, counts, previous, pool_size, strides, padding):
     """maxpool(c_t) - maxpool(c_{t-1}) for every t, with c the running sum from `counts`
     (and `previous` = maxpool(counts)); one XLA cluster. Used for long windows."""
-    totals = tf.expand_dims(counts, 1) + running_sum(inputs)
+    totals = running_sum(inputs, counts)
     folded, batch_time = fold_time(totals)
     pooled = unfold_time(tf.nn.max_pool2d(folded, pool_size, strides, padding), batch_time)
     before = tf.concat([tf.expand_dims(previous, 1), pooled[:, :-1]], axis=1)
@@ -515,7 +515,7 @@ class Integrate(SpikingLayer, keras.layers.Layer):
         return self.window(inputs, self.initial_state(tf.shape(inputs)[0], inputs.dtype))[0]
 
     def window(self, inputs, state, start: int = 0, steps: int | None = None):
-        total = tf.expand_dims(state[0], 1) + running_sum(inputs)
+        total = running_sum(inputs, state[0])
         if not self.mean:
             return total, [total[:, -1]]
         rank = inputs.shape.rank
