@@ -3,10 +3,10 @@
 
 The earlier commit's `qffs_tf` is exported with `git archive` into a temporary folder and
 renamed `qffs_base` (every `qffs_tf` in its sources replaced), so both versions load side by
-side. Each timed round runs the folded QANN, then every SNN variant once, so that load from
-other processes hits all of them alike; the minimum over rounds is reported (the run least
-disturbed by other work), and every ratio R = SNN time / (T x QANN time) uses the QANN time
-of the same process.
+side. Each timed round runs both versions' folded QANN and every SNN variant once, so that load
+from other processes hits all of them alike; the minimum over rounds is reported (the run
+least disturbed by other work), and each version's ratio R = SNN time / (T x QANN time)
+uses its own QANN, timed in the same rounds.
 
     .venv/bin/python benchmarks/ab_simulation.py --baseline=be320a4 --models=small_cnn
 """
@@ -14,9 +14,7 @@ of the same process.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +22,7 @@ sys.path.insert(0, ROOT)
 
 from absl import flags  # noqa: E402
 
+from benchmarks.baseline import baseline_package  # noqa: E402
 from qffs_tf import cli  # noqa: E402
 
 MODELS = {
@@ -42,26 +41,8 @@ flags.DEFINE_integer("batch_size", 64, "Images per batch.", lower_bound=1)
 flags.DEFINE_integer("activation_bits", 2, "Activation bits.", lower_bound=1, upper_bound=8)
 flags.DEFINE_integer("rounds", 5, "Timed rounds (the minimum is reported).", lower_bound=1)
 flags.DEFINE_integer("threads", 0, "TensorFlow intra/inter-op threads (0: default).")
+flags.DEFINE_string("output", "benchmarks/results/ab_simulation.json", "Where to write the JSON.")
 FLAGS = flags.FLAGS
-
-
-def _export_baseline(revision: str, folder: str) -> None:
-    """`git archive` the revision's qffs_tf into folder/qffs_base, renamed throughout."""
-    archive = subprocess.run(
-        ["git", "-C", ROOT, "archive", "--format=tar", revision, "qffs_tf"],
-        check=True,
-        capture_output=True,
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
-    os.rename(os.path.join(folder, "qffs_tf"), os.path.join(folder, "qffs_base"))
-    for directory, _, files in os.walk(os.path.join(folder, "qffs_base")):
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(directory, name)
-                with open(path) as f:
-                    text = f.read()
-                with open(path, "w") as f:
-                    f.write(text.replace("qffs_tf", "qffs_base"))
 
 
 def _variants(package, name: str, x, jit: bool) -> dict:
@@ -96,33 +77,24 @@ def main(argv: list[str]) -> None:
         import numpy as np
 
         import qffs_tf
+        from qffs_tf import io_utils
         from qffs_tf._keras import tf
 
         if FLAGS.threads:
             tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
             tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
-        folder = tempfile.mkdtemp(prefix="qffs_ab_")
-        _export_baseline(FLAGS.baseline, folder)
-        sys.path.insert(0, folder)
-        import qffs_base
-
-        for package in (qffs_tf, qffs_base):
-            for module in ("models", "conversion"):
-                __import__(f"{package.__name__}.{module}")
-    print(f"load average at start: {os.getloadavg()}")
+        qffs_base = baseline_package(FLAGS.baseline)
+        for module in ("models", "conversion"):
+            __import__(f"qffs_tf.{module}")
+    started = os.getloadavg()
+    rows = []
     for name in FLAGS.models:
-        x = (
-            np.random.default_rng(0)
-            .uniform(0, 1, (FLAGS.batch_size, *MODELS[name][1]))
-            .astype(np.float32)
-        )
+        shape = MODELS[name][1]
+        x = np.random.default_rng(0).uniform(0, 1, (FLAGS.batch_size, *shape)).astype(np.float32)
         for xla in FLAGS.xla:
             jit = xla == "on"
-            new = _variants(qffs_tf, name, x, jit)
-            old = _variants(qffs_base, name, x, jit)
-            runs = {"qann": new.pop("qann")}
-            runs.update({f"before {k}": v for k, v in old.items() if k != "qann"})
-            runs.update({f"after {k}": v for k, v in new.items()})
+            runs = {f"before {k}": v for k, v in _variants(qffs_base, name, x, jit).items()}
+            runs.update({f"after {k}": v for k, v in _variants(qffs_tf, name, x, jit).items()})
             for run in runs.values():  # compile, warm up
                 run()
                 run()
@@ -132,14 +104,57 @@ def main(argv: list[str]) -> None:
                     start = time.perf_counter()
                     run()
                     best[key] = min(best[key], time.perf_counter() - start)
-            qann = best.pop("qann")
-            parts = [f"{name} xla={xla} T={FLAGS.timesteps}: QANN {1e3 * qann:.1f} ms"]
-            for key, seconds in best.items():
-                parts.append(
-                    f"{key} {1e3 * seconds:.0f} ms R={seconds / (FLAGS.timesteps * qann):.2f}"
-                )
-            print(" | ".join(parts), flush=True)
-    print(f"load average at end: {os.getloadavg()}")
+            row = {"model": name, "xla": jit, "timesteps": FLAGS.timesteps}
+            for version in ("before", "after"):
+                qann = best[f"{version} qann"]
+                row[f"{version}_qann_ms"] = 1e3 * qann
+                for mode in FLAGS.modes:
+                    seconds = best[f"{version} {mode}"]
+                    row[f"{version}_{mode}_ms"] = 1e3 * seconds
+                    row[f"{version}_{mode}_ratio"] = seconds / (FLAGS.timesteps * qann)
+            rows.append(row)
+            print(_format(row), flush=True)
+    result = {
+        "baseline": FLAGS.baseline,
+        "batch_size": FLAGS.batch_size,
+        "activation_bits": FLAGS.activation_bits,
+        "threads": FLAGS.threads or "default",
+        "load_average_start": started,
+        "load_average_end": os.getloadavg(),
+        "rows": rows,
+    }
+    io_utils.write_json(FLAGS.output, result)
+    print(f"\n{_table(rows)}\n\nload average {started} -> {os.getloadavg()}; JSON: {FLAGS.output}")
+
+
+def _format(row: dict) -> str:
+    parts = [f"{row['model']} xla={'on' if row['xla'] else 'off'} T={row['timesteps']}"]
+    for version in ("before", "after"):
+        parts.append(f"{version}: QANN {row[f'{version}_qann_ms']:.1f} ms")
+        for mode in FLAGS.modes:
+            parts.append(f"{mode} R={row[f'{version}_{mode}_ratio']:.2f}")
+    return " | ".join(parts)
+
+
+def _table(rows: list[dict]) -> str:
+    modes = FLAGS.modes
+    lines = [
+        "| model | XLA | QANN ms before / after | "
+        + " | ".join(f"{mode} R before / after" for mode in modes)
+        + " |",
+        "|---|---|---:|" + "---:|" * len(modes),
+    ]
+    for row in rows:
+        cells = [
+            row["model"],
+            "on" if row["xla"] else "off",
+            f"{row['before_qann_ms']:.1f} / {row['after_qann_ms']:.1f}",
+        ]
+        cells += [
+            f"{row[f'before_{m}_ratio']:.2f} / **{row[f'after_{m}_ratio']:.2f}**" for m in modes
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

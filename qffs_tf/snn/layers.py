@@ -17,6 +17,7 @@ from qffs_tf.snn.base import (
     add_optional,
     fold_time,
     in_compiled_context,
+    is_first_tensor,
     on_active_steps,
     over_window,
     pairwise_sum,
@@ -104,6 +105,9 @@ class ToTemporal(SpikingLayer, keras.layers.Layer):
             return static_part(inputs, first, False), state
         if inputs is None:  # static layers ran at step 0 only: replay what they gave
             return state[0], state
+        if is_first_tensor(first):  # the value given at step 0, kept afterwards (exact)
+            value = inputs * first + state[0] * (1.0 - first)
+            return value, [value]
         return inputs, [inputs]
 
     def compute_output_shape(self, input_shape):

@@ -239,7 +239,18 @@ class Program:
             results.append(collect(values, before, start + steps == total))
         return results, state
 
-    def step(self, x, state: dict, first, arithmetic: bool = False):
+    def static_values(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The static part: every layer computed once from the analog input, by name."""
+        values = {}
+        for layer, inbound in self.graph:
+            if isinstance(layer, keras.layers.InputLayer):
+                values[layer.name] = x
+            elif not _is_temporal(layer):
+                inputs = [values[name] for name in inbound]
+                values[layer.name] = layer(inputs if len(inputs) > 1 else inputs[0])
+        return values
+
+    def step(self, x, state: dict, first, arithmetic: bool = False, static: dict | None = None):
         """One time step over the graph.
 
         Parameters
@@ -252,7 +263,12 @@ class Program:
             Step 0 or not: a Python bool, or a float32 scalar mask (1 at step 0) for programs
             without control flow.
         arithmetic : bool
-            Neuron decisions with floor/min/max instead of comparisons (TFLite / XNNPACK).
+            Neuron decisions with floor/min/max instead of comparisons (TFLite / XNNPACK),
+            and no control flow.
+        static : dict, optional
+            The static part's values (`static_values`) computed by the caller, e.g. once per
+            window; by default the static layers run here (at step 0 only when `first` is a
+            bool, at every step, masked, when it is a tensor).
 
         Returns
         -------
@@ -271,6 +287,9 @@ class Program:
             inputs = [values[i] for i in inbound]
             arg = inputs if len(inputs) > 1 else inputs[0]
             if not _is_temporal(layer):  # static: runs on the analog input, at step 0 only
+                if static is not None:
+                    values[name] = static[name]
+                    continue
                 present = (dynamic or first) and all(value is not None for value in inputs)
                 values[name] = layer(arg) if present else None
                 continue
