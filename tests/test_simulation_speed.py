@@ -3,10 +3,10 @@ the depthwise convolution inside XLA, the first neurons reading the static value
 
 import numpy as np
 import pytest
-from snn_fixtures import every_layer_model, images
+from snn_fixtures import every_layer_model, images, randomize
 
 import qffs_tf
-from qffs_tf._keras import tf
+from qffs_tf._keras import keras, tf
 from qffs_tf.errors import InvalidArgumentError
 from qffs_tf.simulation import chunk_steps, memory_estimate
 from qffs_tf.snn import Program, SpikingLinear
@@ -109,3 +109,58 @@ def test_first_neurons_read_the_static_value_directly(network):
     values, _ = program.window(tf.constant(x))
     keras_outputs = snn(x)  # the Keras model materialises the window and runs `call`
     np.testing.assert_array_equal(values[program.readout.name], keras_outputs)
+
+
+def _concatenate_transpose_model(seed: int) -> keras.Model:
+    """Main's newer layer kinds: Concatenate, Conv2DTranspose, GlobalMaxPooling2D."""
+    inp = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inp)
+    x = qffs_tf.QuantReLU(2, name="a1")(x)
+    a = keras.layers.Conv2D(3, 1, name="a_conv")(x)
+    a = qffs_tf.QuantReLU(2, name="a2")(a)
+    b = keras.layers.Conv2DTranspose(3, 3, strides=2, padding="same", name="deconv")(x)
+    b = qffs_tf.QuantReLU(2, name="a3")(b)
+    b = keras.layers.MaxPooling2D(name="pool")(b)
+    x = keras.layers.Concatenate(name="cat")([a, b])
+    x = keras.layers.GlobalMaxPooling2D(name="gmp")(x)
+    return randomize(keras.Model(inp, keras.layers.Dense(4, name="logits")(x)), seed)
+
+
+def _integer_model(seed: int) -> keras.Model:
+    """An integer-mode network: BatchNorm, a max-pool, a residual Add, average pooling."""
+    inp = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c1")(inp)
+    x = keras.layers.BatchNormalization(name="bn1")(x)
+    x = keras.layers.ReLU(name="r1")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    branch = keras.layers.Conv2D(4, 3, padding="same", name="c2")(x)
+    x = keras.layers.Add(name="add")([x, branch])
+    x = keras.layers.ReLU(name="r2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    return randomize(keras.Model(inp, keras.layers.Dense(3, name="logits")(x)), seed)
+
+
+@pytest.mark.parametrize("arithmetic", ["float", "integer"])
+def test_main_layer_kinds_chunk_bit_for_bit(arithmetic):
+    """Every stateful layer carries its state through `window`: chunks of two steps (each
+    after the first starting from a carried state) and the whole window give the same spikes
+    and logits, and so does stepwise."""
+    if arithmetic == "integer":
+        model = _integer_model(5)
+        x = images(8, model.input_shape[1:], 5)
+        qat = qffs_tf.quantize_model(model, activation_bits=2, weight_bits=8, calibration_data=x)
+        qat(x, training=True)  # sets tfmot's weight ranges, as the first training step does
+        snn = qffs_tf.convert(qat, timesteps=12, arithmetic="integer")
+    else:
+        qat = _concatenate_transpose_model(4)
+        x = images(8, qat.input_shape[1:], 4)
+        qat(x)  # QuantReLU initialises its step sizes from the first batch it sees
+        snn = qffs_tf.convert(qat, timesteps=6)
+    whole = qffs_tf.simulate(snn, x, max_memory_mb=float("inf"))
+    program = Program(snn)
+    state, per_step = memory_estimate(program, len(x))
+    budget = (state + 2 * per_step) / 2**20
+    assert chunk_steps(program, len(x), budget) == 2
+    assert_same_run(qffs_tf.simulate(snn, x, max_memory_mb=budget), whole)
+    assert_same_run(qffs_tf.simulate(snn, x, mode="stepwise"), whole)
+    assert whole.spikes_per_step().sum() > 0
