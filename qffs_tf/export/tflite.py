@@ -147,10 +147,6 @@ class _StreamingSNN(tf.Module):
         }
         self.t = tf.Variable(0, dtype=tf.int32, trainable=False, name="step_counter")
         image = tf.TensorSpec([batch_size, *self.shape], tf.float32, name="image")
-        traced = tf.function(self._program.value.static_values).get_concrete_function(image)
-        self.static_shapes = {
-            name: tuple(value.shape) for name, value in traced.structured_outputs.items()
-        }
 
         # The TFLite signature keys are the Python names of these functions.
         def reset():
@@ -171,21 +167,11 @@ class _StreamingSNN(tf.Module):
 
     def _step_fn(self, image):
         program = self._program.value
-        is_first = tf.equal(self.t, 0)
-        first = tf.cast(is_first, tf.float32)
+        first = tf.cast(tf.equal(self.t, 0), tf.float32)
         state = {
             name: [v.read_value() for v in variables] for name, variables in self.state.items()
         }
-        # The static part (the layers on the analog image) runs at step 0 only: a conditional
-        # (TFLite's builtin IF) instead of running it at every step and masking it. After
-        # step 0 the input coding needs nothing of it ("once"), or the value ToTemporal keeps
-        # in its state ("constant").
-        static = tf.cond(
-            is_first,
-            lambda: program.static_values(image),
-            lambda: {name: tf.zeros(shape) for name, shape in self.static_shapes.items()},
-        )
-        values, new_state = program.step(image, state, first, arithmetic=True, static=static)
+        values, new_state = program.step(image, state, first, arithmetic=True)
         for name, variables in self.state.items():
             for variable, value in zip(variables, new_state[name], strict=True):
                 variable.assign(value)
