@@ -40,6 +40,13 @@ flags.DEFINE_integer("timesteps", 8, "Window length T.", lower_bound=1)
 flags.DEFINE_integer("batch_size", 64, "Images per batch.", lower_bound=1)
 flags.DEFINE_integer("activation_bits", 2, "Activation bits.", lower_bound=1, upper_bound=8)
 flags.DEFINE_integer("top", 15, "Rows per table.", lower_bound=1)
+flags.DEFINE_integer(
+    "threads",
+    0,
+    "TensorFlow intra- and inter-op threads (0: TensorFlow's default). One thread gives stable "
+    "per-op times on a machine shared with other work.",
+    lower_bound=0,
+)
 FLAGS = flags.FLAGS
 
 # Events of the TensorFlow runtime itself, not of an op or kernel.
@@ -53,17 +60,18 @@ _RUNTIME = (
 )
 
 
-def _trace(fn) -> tuple[float, list[tuple[str, str, float]]]:
-    """(wall seconds, [(thread kind, event name, ms)]) of one call of `fn`, traced."""
+def _trace(fn) -> tuple[float, float, list[tuple[str, str, float]]]:
+    """(wall seconds, CPU seconds, [(thread kind, event name, ms)]) of one call of `fn`,
+    traced."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     from qffs_tf._keras import tf
 
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         tf.profiler.experimental.stop()
         path = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)[0]
         space = xplane_pb2.XSpace()
@@ -80,7 +88,7 @@ def _trace(fn) -> tuple[float, list[tuple[str, str, float]]]:
                 if name.startswith(_RUNTIME) or event.duration_ps == 0:
                     continue
                 events.append((kind, name, event.duration_ps / 1e9))
-    return wall, events
+    return wall, cpu, events
 
 
 def _summary(events, top: int) -> str:
@@ -115,6 +123,10 @@ def main(argv: list[str]) -> None:
         from qffs_tf._keras import keras, tf
         from qffs_tf.conversion import folded_qann
 
+        if FLAGS.threads:
+            tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
+
     for name in FLAGS.models:
         zoo, shape, classes = MODELS[name]
         keras.utils.set_random_seed(0)
@@ -137,8 +149,11 @@ def main(argv: list[str]) -> None:
 
                 run()
                 run()
-                wall, events = _trace(run)
-                print(f"\n== {name} {mode} xla={xla} T={FLAGS.timesteps}: {1e3 * wall:.1f} ms wall")
+                wall, cpu, events = _trace(run)
+                print(
+                    f"\n== {name} {mode} xla={xla} T={FLAGS.timesteps}: {1e3 * wall:.1f} ms wall, "
+                    f"{1e3 * cpu:.1f} ms CPU"
+                )
                 print(_summary(events, FLAGS.top), flush=True)
 
 

@@ -2,9 +2,15 @@
 """`make bench`: every benchmark in one run, results under benchmarks/results/.
 
 1. Simulation speed and memory (bench_simulation.py): QANN vs SNN layerwise/stepwise,
-   T = 1..16, XLA off/on, for the quickstart CNN, ResNet-18 (32x32) and MobileNet-v1 (64x64).
-2. TFLite latency (bin/benchmark_tflite) of the quickstart run's exported files, when
-   `make quickstart` has produced them.
+   T = 1..16, XLA off/on, for the quickstart CNN, ResNet-18 (32x32) and MobileNet-v1 (64x64)
+   -> benchmarks/results/simulation.json, and the ratio table on stdout.
+2. TFLite latency (bench_tflite.py): qann_float, snn_full (batch 1 and 64) and snn_step, of
+   the quickstart run when `make quickstart` has made it, else of the quickstart architecture
+   with calibrated, untrained weights (latency does not depend on the weights' values)
+   -> benchmarks/results/tflite/latency.json (and .md).
+
+The results folder is git-ignored: the numbers belong to the machine that measured them;
+BUILD.md keeps the tables that were measured for a change, with how they were measured.
 """
 
 from __future__ import annotations
@@ -23,16 +29,10 @@ def run(*args: str) -> int:
 
 def main() -> int:
     status = run("benchmarks/bench_simulation.py", "--output=benchmarks/results/simulation.json")
-    quickstart = os.path.join(ROOT, "runs", "quickstart")
-    if os.path.exists(os.path.join(quickstart, "tflite", "snn_full.tflite")):
-        status |= run(
-            "bin/benchmark_tflite",
-            "--run_dir=runs/quickstart",
-            "--num_threads=2",
-            "--out=benchmarks/results/tflite",
-        )
-    else:
-        print("skipping the TFLite benchmark: run `make quickstart` first to export the files")
+    tflite = ["benchmarks/bench_tflite.py", "--output=benchmarks/results/tflite/latency"]
+    if os.path.exists(os.path.join(ROOT, "runs", "quickstart", "qat_model.keras")):
+        tflite.append("--run_dir=runs/quickstart")
+    status |= run(*tflite)
     return status
 
 

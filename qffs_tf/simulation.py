@@ -13,16 +13,20 @@ Two modes give identical spikes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
 from qffs_tf._keras import keras, tf
 from qffs_tf.errors import InvalidArgumentError, InvalidInputError
+from qffs_tf.snn.base import group_size
 from qffs_tf.snn.layers import SpikingLinear
 from qffs_tf.snn.program import Program
 from qffs_tf.snn.timesteps import check_timesteps, timesteps_of, with_timesteps
 
 MODES = ("layerwise", "stepwise")
+# The automatic memory budget of a layerwise run is never below this (megabytes).
+AUTOMATIC_FLOOR_MB = 256
 
 
 @dataclasses.dataclass
@@ -127,10 +131,6 @@ class SimulationResult:
         )
 
 
-def _neuron_axes(tensor: tf.Tensor, first: int) -> list[int]:
-    return list(range(first, tensor.shape.rank))
-
-
 def _window_cover(size: int, kernel: int, stride: int, dilation: int, padding: str) -> np.ndarray:
     """For each input index along one axis: how many (output index, kernel tap) pairs read it."""
     span = (kernel - 1) * dilation + 1
@@ -204,142 +204,279 @@ def ann_macs(snn: keras.Model) -> int:
     )
 
 
+@tf.function(jit_compile=True)
+def _partial_counts(values: tf.Tensor, fanouts: tuple, lead: int, signs: bool):
+    """Per group of 32 neurons: spikes of each sign and events times fan-out, in int32.
+
+    One fused pass over `values`. The reduction stops at groups of 32 because XLA's CPU
+    backend turns longer reductions into a slow reduce-window; the caller finishes them.
+    """
+    shape = tf.shape(values)
+    size = values.shape[lead:].num_elements()
+    group = group_size(size)
+    grouped = tf.reshape(values, tf.concat([shape[:lead], [size // group, group]], 0))
+    out = []
+    if signs:
+        out.append(tf.reduce_sum(tf.cast(grouped > 0, tf.int32), -1))
+        out.append(tf.reduce_sum(tf.cast(grouped < 0, tf.int32), -1))
+    nonzero = tf.not_equal(grouped, 0)
+    for fan in fanouts:
+        fan = tf.reshape(tf.cast(fan, tf.int32), [size // group, group])
+        out.append(tf.reduce_sum(tf.where(nonzero, fan, tf.zeros_like(fan)), -1))
+    return out
+
+
+def _integer_statistics(
+    values: tf.Tensor, fanouts: list, lead: int, signs: bool
+) -> list[tf.Tensor]:
+    """Exact integer statistics of a (B, T, ...) or (B, ...) tensor, per sample (and step):
+    [positive, negative] if `signs`, then events times each fan-out (synaptic operations)."""
+    return [
+        tf.reduce_sum(part, -1) for part in _partial_counts(values, tuple(fanouts), lead, signs)
+    ]
+
+
+@tf.function(jit_compile=True)
+def _spikes_per_neuron(outputs: tf.Tensor, threshold: float) -> tf.Tensor:
+    """Net spikes per neuron over a run: outputs (B, T, ...) are spikes times the
+    threshold; the sum over the run divided by it, rounded (XLA may turn the division into a
+    multiplication by 1/threshold, which is not exact, hence the rounding)."""
+    return tf.round(tf.reduce_sum(outputs, axis=1) / threshold)
+
+
+def memory_estimate(program: Program, batch: int) -> tuple[int, int]:
+    """(bytes of every layer's state, bytes one step of a layerwise run holds), for `batch`.
+
+    A layerwise run holds, per step, about four of its largest per-step tensors at once (a
+    layer's input and output, a residual branch, the statistics' input); measured on
+    ResNet-18 at T = 8 and 16 (67 MB per step at batch 64). A stepwise run holds every
+    state plus about one step of tensors.
+    """
+    sizes = sorted(
+        (
+            int(np.prod(layer.output_shape[2:]))
+            for layer, _ in program.graph
+            if getattr(layer, "temporal", False) and len(layer.output_shape) > 2
+        ),
+        reverse=True,
+    )
+    per_step = 4 * batch * 4 * sum(sizes[:4])
+    state = sum(
+        4 * batch * int(np.prod(value.shape[1:]))
+        for values in program.initial_state(1).values()
+        for value in values
+    )
+    return state, max(1, per_step)
+
+
+def chunk_steps(program: Program, batch: int, max_memory_mb: float | None) -> int:
+    """Steps per layerwise run so that a run's tensors and the carried state stay within
+    `max_memory_mb`; None: 1.5x the estimated memory of a stepwise run (so that a long
+    window costs at most about that much more memory than streaming it), but never less
+    than AUTOMATIC_FLOOR_MB: below that, memory is not worth the cost of a chunked graph
+    (one copy of every layer per chunk to trace and optimise)."""
+    steps = program.timesteps
+    state, per_step = memory_estimate(program, batch)
+    if max_memory_mb is None:
+        budget = max(1.5 * (state + per_step), AUTOMATIC_FLOOR_MB * 2**20)
+    else:
+        budget = max_memory_mb * 2**20
+    if steps * per_step <= budget:  # the whole window fits: no state needs carrying
+        return steps
+    return max(1, min(steps, int((budget - state) // per_step)))
+
+
 class _Simulator:
     """The compiled functions that simulate one SNN at one number of steps, with statistics.
 
-    The work is `qffs_tf.snn.Program`'s (each layer's own `call` and `step`); this class only
-    adds what a simulation records: spikes of each sign per neuron layer, synaptic operations
-    and the logits.
+    The work is `qffs_tf.snn.Program`'s (each layer's own `window` and `step`); this class
+    only adds what a simulation records: spikes of each sign per neuron layer, synaptic
+    operations and the logits. The statistics are reduced on the device, in compiled
+    clusters that read each spike tensor once, and reach the host once per simulation.
     """
 
-    def __init__(self, snn: keras.Model, jit_compile: bool):
+    def __init__(self, snn: keras.Model, jit_compile: bool, chunk: int):
         self.program = Program(snn)
+        self.steps = self.program.timesteps
+        self.chunk = chunk
         self.neuron_layers = self.program.neuron_layers
         self.synapses = self.program.synapses
         self.fanouts = {layer.name: tf.constant(fanout(layer)) for layer in self.synapses}
+        self.inbound = {layer.name: inbound for layer, inbound in self.program.graph}
         self.input_macs = input_macs(snn)
         self.layerwise = tf.function(self._layerwise, jit_compile=jit_compile)
+        self.stepwise = tf.function(self._stepwise, jit_compile=jit_compile)
         self.first_step = tf.function(lambda x, s: self._step(x, s, True), jit_compile=jit_compile)
         # The batch shrinks as samples become quiet (early exit): one trace for all sizes.
         self.next_step = tf.function(
             lambda x, s: self._step(x, s, False), jit_compile=jit_compile, reduce_retracing=True
         )
 
-    def _stats(self, name: str, spikes: tf.Tensor, axis: int) -> dict[str, tf.Tensor]:
-        axes = _neuron_axes(spikes, axis)
+    def _statistics(self, values: dict, lead: int) -> dict[str, tf.Tensor]:
+        """Logits, spikes of each sign and synaptic operations of a run (lead=2: (B, T)) or
+        of one step (lead=1: (B,)). Each tensor is read once for all its statistics."""
+        out = {"logits": values[self.program.integrate.name]}
+        readers: dict[str, list] = {layer.name: [] for layer in self.neuron_layers}
+        for layer in self.synapses:
+            readers.setdefault(self.inbound[layer.name][0], []).append(layer.name)
+        neuron_names = set(readers) & {layer.name for layer in self.neuron_layers}
+        for name, synapses in readers.items():
+            tensor, signs = values[name], name in neuron_names
+            if tensor is None:  # nothing arrived: no operation
+                for synapse in synapses:
+                    out[f"sops/{synapse}"] = tf.zeros(tf.shape(out["logits"])[:lead], tf.float32)
+                continue
+            counts = _integer_statistics(tensor, [self.fanouts[s] for s in synapses], lead, signs)
+            if signs:
+                out[f"pos/{name}"], out[f"neg/{name}"] = counts[:2]
+                counts = counts[2:]
+            for synapse, value in zip(synapses, counts, strict=True):
+                out[f"sops/{synapse}"] = tf.cast(value, tf.float32)
+        return out
+
+    def _counts(self, state: dict) -> dict[str, tf.Tensor]:
         return {
-            f"pos/{name}": tf.reduce_sum(tf.cast(spikes > 0, tf.int32), axes),
-            f"neg/{name}": tf.reduce_sum(tf.cast(spikes < 0, tf.int32), axes),
+            f"count/{layer.name}": layer.count(state[layer.name]) for layer in self.neuron_layers
         }
 
-    def _sops(self, name: str, inputs: tf.Tensor, axis: int) -> tf.Tensor:
-        events = tf.cast(tf.not_equal(inputs, 0), tf.float32) * self.fanouts[name]
-        return tf.reduce_sum(events, _neuron_axes(events, axis))
-
-    def _inputs_of(self, values: dict, name: str) -> tf.Tensor | None:
-        inbound = next(inbound for layer, inbound in self.program.graph if layer.name == name)
-        return values[inbound[0]]
+    def _collect(self, values: dict, before: dict, last: bool) -> dict[str, tf.Tensor]:
+        """Statistics of one run of steps; after the last run, the final counts too: the
+        counts the run started from plus the spikes it made (so that no final state is
+        computed)."""
+        out = self._statistics(values, 2)
+        if last:
+            for layer in self.neuron_layers:
+                spikes = _spikes_per_neuron(values[layer.name], layer.threshold)
+                out[f"count/{layer.name}"] = layer.count(before[layer.name]) + spikes
+        return out
 
     def _layerwise(self, x):
-        values = self.program.window(x)
-        out = {"logits": values[self.program.integrate.name]}
-        for layer in self.neuron_layers:
-            spikes = values[layer.name]
-            out.update(self._stats(layer.name, spikes, 2))
-            out[f"count/{layer.name}"] = tf.round(tf.reduce_sum(spikes, axis=1) / layer.threshold)
-        for layer in self.synapses:
-            out[f"sops/{layer.name}"] = self._sops(
-                layer.name, self._inputs_of(values, layer.name), 2
-            )
-        return out
+        runs, _ = self.program.chunked_window(x, self.chunk, self._collect)
+        stacked = [key for key in runs[0] if not key.startswith("count/")]
+        out = {key: tf.concat([run[key] for run in runs], axis=1) for key in stacked}
+        counts = {key: value for key, value in runs[-1].items() if key.startswith("count/")}
+        return {**out, **counts}
 
     def initial_states(self, batch_size: int) -> dict[str, list[tf.Tensor]]:
         return self.program.initial_state(batch_size)
 
     def _step(self, x, states, first: bool):
         values, new_states = self.program.step(x, states, first)
-        batch = tf.shape(x)[0]
-        out = {"logits": values[self.program.integrate.name]}
+        out = self._statistics(values, 1)
+        quiet = tf.ones([tf.shape(x)[0]], tf.bool)
         for layer in self.neuron_layers:
-            out.update(self._stats(layer.name, values[layer.name], 1))
-        for layer in self.synapses:
-            inputs = self._inputs_of(values, layer.name)
-            if inputs is None:  # nothing arrived: no operation
-                out[f"sops/{layer.name}"] = tf.zeros([batch], tf.float32)
-            else:
-                out[f"sops/{layer.name}"] = self._sops(layer.name, inputs, 1)
-        return out, new_states
+            silent = (out[f"pos/{layer.name}"] + out[f"neg/{layer.name}"]) == 0
+            quiet = tf.logical_and(quiet, silent)
+        return {**out, "quiet": quiet}, new_states
+
+    def _stepwise(self, x):
+        """All steps in one compiled function: step 0, then a loop over the others; the
+        per-step statistics are stacked on the device."""
+        state = self.program.initial_state(tf.shape(x)[0])
+        first, state = self._step(x, state, True)
+        first.pop("quiet")
+        arrays = {
+            key: tf.TensorArray(value.dtype, size=self.steps - 1) for key, value in first.items()
+        }
+
+        def body(t, state, arrays):
+            out, state = self._step(x, state, False)
+            return (
+                t + 1,
+                state,
+                {key: array.write(t - 1, out[key]) for key, array in arrays.items()},
+            )
+
+        if self.steps > 1:
+            _, state, arrays = tf.while_loop(
+                lambda t, *_: t < self.steps, body, (tf.constant(1), state, arrays)
+            )
+        out = {}
+        for key, value in first.items():
+            value = tf.expand_dims(value, 1)
+            if self.steps > 1:
+                rest = arrays[key].stack()  # (T - 1, B, ...)
+                rest = tf.transpose(rest, [1, 0, *range(2, rest.shape.rank)])
+                value = tf.concat([value, rest], axis=1)
+            out[key] = value
+        return {**out, **self._counts(state)}
 
 
-def _simulator(snn: keras.Model, timesteps: int, jit_compile: bool) -> _Simulator:
+def _simulator(
+    snn: keras.Model, timesteps: int, jit_compile: bool, chunk: int | None = None
+) -> _Simulator:
+    """The cached simulator of `snn` at `timesteps` steps (one model per length, shared)."""
     cache = snn.__dict__.setdefault("_qffs_programs", {})
-    key = (timesteps, jit_compile)
+    chunk = None if chunk is None or chunk >= timesteps else int(chunk)
+    key = (timesteps, jit_compile, chunk)
     if key not in cache:
-        model = with_timesteps(snn, timesteps)
-        cache[key] = _Simulator(model, jit_compile)
+        models = snn.__dict__.setdefault("_qffs_timed_models", {})
+        if timesteps not in models:
+            models[timesteps] = with_timesteps(snn, timesteps)
+        cache[key] = _Simulator(models[timesteps], jit_compile, chunk or timesteps)
     return cache[key]
 
 
-def _run_stepwise(program: _Simulator, x: tf.Tensor, steps: int, early_exit: bool):
-    """Step through the window; with early exit, a sample leaves the batch once it is quiet.
+def _rows(indices: np.ndarray, value: tf.Tensor) -> tf.Tensor:
+    return tf.gather(value, indices)
+
+
+def _run_early_exit(program: _Simulator, x: tf.Tensor, steps: int):
+    """Step through the window; a sample leaves the batch once it is quiet.
 
     A sample is quiet after a step in which none of its neurons spiked: with the "once"
     input coding nothing arrives after step 0 but spikes, so its state, and its logits,
-    cannot change any more.
+    cannot change any more. The statistics stay on the device until the end; per step only
+    the quiet flags of the computed samples reach the host (they decide the next batch).
     Returns per-step statistics for the whole batch, final counts, steps run, and how many
     samples were computed at each step.
     """
     batch = int(x.shape[0])
     states = program.initial_states(batch)
     active = np.arange(batch)
-    records: dict[str, list[np.ndarray]] = {}
-    last: dict[str, np.ndarray] = {}  # per key, the latest full-batch values
-    counts = {
-        layer.name: np.zeros((batch, *layer.neuron_shape), np.float32)
-        for layer in program.neuron_layers
-    }
-    active_per_step = []
+    records = []  # per step: (indices of the computed samples, statistics on the device)
+    finished = []  # (sample indices, counts on the device) of samples that left the batch
     for t in range(steps):
-        if active.size == 0:
-            break
         fn = program.first_step if t == 0 else program.next_step
-        step_out, states = fn(x, states)
-        active_per_step.append(int(active.size))
-        silent = np.ones(active.size, bool)
-        for key, value in step_out.items():
-            value = value.numpy()
-            if key == "logits":
-                full = last.get(key, np.zeros((batch, *value.shape[1:]), value.dtype)).copy()
-            else:
-                full = np.zeros((batch, *value.shape[1:]), value.dtype)
-                if key.startswith(("pos/", "neg/")):
-                    silent &= value == 0
-            full[active] = value
-            last[key] = full
-            records.setdefault(key, []).append(full)
-        for layer in program.neuron_layers:
-            counts[layer.name][active] = layer.count(states[layer.name]).numpy()
-        if early_exit and silent.any() and t + 1 < steps:
-            keep = np.flatnonzero(~silent)
+        out, states = fn(x, states)
+        quiet = out.pop("quiet").numpy()
+        records.append((active, out))
+        last = t + 1 == steps
+        if quiet.all() or last:
+            finished.append((active, program._counts(states)))
+            break
+        if quiet.any():
+            leaving, keep = np.flatnonzero(quiet), np.flatnonzero(~quiet)
+            finished.append(
+                (
+                    active[leaving],
+                    {k: tf.gather(v, leaving) for k, v in program._counts(states).items()},
+                )
+            )
             active = active[keep]
             x = tf.gather(x, keep)
-            states = {
-                name: [tf.gather(value, keep) for value in values]
-                for name, values in states.items()
-            }
-    steps_run = len(active_per_step)
-    out = {key: np.stack(values, axis=1) for key, values in records.items()}
-    if steps_run < steps:  # everything quiet: nothing changes any more
-        for key, value in out.items():
-            pad = value[:, -1:] if key == "logits" else np.zeros_like(value[:, -1:])
-            out[key] = np.concatenate([value] + [pad] * (steps - steps_run), axis=1)
-    active_per_step += [0] * (steps - steps_run)
-    return (
-        out,
-        {name: np.round(value) for name, value in counts.items()},
-        steps_run,
-        active_per_step,
-    )
+            states = tf.nest.map_structure(functools.partial(_rows, keep), states)
+    steps_run = len(records)
+    out: dict[str, np.ndarray] = {}
+    for key in records[0][1]:
+        value = records[0][1][key].numpy()
+        full = np.zeros((batch, steps, *value.shape[1:]), value.dtype)
+        for t, (indices, stats) in enumerate(records):
+            if key == "logits" and t > 0:  # samples that left keep their logits
+                full[:, t] = full[:, t - 1]
+            full[indices, t] = stats[key].numpy()
+        if key == "logits":
+            for t in range(steps_run, steps):
+                full[:, t] = full[:, steps_run - 1]
+        out[key] = full
+    counts = {}
+    for layer in program.neuron_layers:
+        total = np.zeros((batch, *layer.neuron_shape), np.float32)
+        for indices, values in finished:
+            total[indices] = values[f"count/{layer.name}"].numpy()
+        counts[layer.name] = total
+    active_per_step = [len(indices) for indices, _ in records] + [0] * (steps - steps_run)
+    return out, counts, steps_run, active_per_step
 
 
 def _quiet_steps(spikes_per_step: np.ndarray, timesteps: int) -> np.ndarray:
@@ -364,15 +501,28 @@ def _check_batch(program: _Simulator, x: np.ndarray) -> tf.Tensor:
     return tf.convert_to_tensor(x, tf.float32)
 
 
-def _simulate_batch(program: _Simulator, x: tf.Tensor, steps: int, mode: str, early_exit: bool):
+def _simulate_batch(
+    snn: keras.Model,
+    x: tf.Tensor,
+    steps: int,
+    mode: str,
+    early_exit: bool,
+    jit_compile: bool,
+    max_memory_mb: float | None,
+):
     batch = int(x.shape[0])
+    chunk = None
     if mode == "layerwise":
-        out = {key: value.numpy() for key, value in program.layerwise(x).items()}
+        chunk = chunk_steps(_simulator(snn, steps, jit_compile).program, batch, max_memory_mb)
+    program = _simulator(snn, steps, jit_compile, chunk)
+    if early_exit:
+        out, counts, steps_run, active_per_step = _run_early_exit(program, x, steps)
+    else:
+        run = program.layerwise if mode == "layerwise" else program.stepwise
+        out = {key: value.numpy() for key, value in run(x).items()}
         steps_run = steps
         counts = {layer.name: out[f"count/{layer.name}"] for layer in program.neuron_layers}
         active_per_step = [batch] * steps
-    else:
-        out, counts, steps_run, active_per_step = _run_stepwise(program, x, steps, early_exit)
     layers = program.neuron_layers
     result = SimulationResult(
         logits=out["logits"],
@@ -403,6 +553,7 @@ def simulate(
     jit_compile: bool = False,
     batch_size: int | None = None,
     progress: bool = False,
+    max_memory_mb: float | None = None,
 ) -> SimulationResult:
     """Simulate `snn` on images `x` and record the logits and spikes at every time step.
 
@@ -428,6 +579,11 @@ def simulate(
         Images per simulated batch (default 256); results are concatenated.
     progress : bool
         Show a Keras progress bar.
+    max_memory_mb : float, optional
+        Layerwise only: a bound on the memory of a batch's window tensors, in megabytes. A
+        window that would exceed it runs in time chunks, each layer's state carried from
+        chunk to chunk (the same numbers). Default (None): 1.5x the estimated memory of a
+        stepwise run, at least 256 MB; `math.inf` never chunks.
 
     Returns
     -------
@@ -438,7 +594,8 @@ def simulate(
     InvalidInputError
         Images of the wrong shape, NaN or Inf values, or no image at all.
     InvalidArgumentError
-        A bad mode, timesteps value, or early_exit with layerwise or rate coding.
+        A bad mode, timesteps value or max_memory_mb, or early_exit with layerwise or rate
+        coding.
     ConversionError
         If `snn` is not a qffs_tf SNN.
 
@@ -456,6 +613,14 @@ def simulate(
         raise InvalidArgumentError(
             "early_exit needs mode='stepwise' (layerwise runs all steps at once)."
         )
+    if max_memory_mb is not None and not (
+        isinstance(max_memory_mb, int | float)
+        and not isinstance(max_memory_mb, bool)
+        and max_memory_mb > 0
+    ):
+        raise InvalidArgumentError(
+            f"max_memory_mb must be a number > 0 (megabytes) or None, got {max_memory_mb!r}."
+        )
     steps = timesteps_of(snn) if timesteps is None else check_timesteps(timesteps)
     program = _simulator(snn, steps, jit_compile)
     if early_exit and program.program.constant_input:
@@ -466,8 +631,9 @@ def simulate(
     progbar = keras.utils.Progbar(num_examples(x), unit_name="image") if progress else None
     parts, seen = [], 0
     for images, _ in iterate_batches(x, batch_size, program.program.input_shape):
+        images = _check_batch(program, images)
         parts.append(
-            _simulate_batch(program, _check_batch(program, images), steps, mode, early_exit)
+            _simulate_batch(snn, images, steps, mode, early_exit, jit_compile, max_memory_mb)
         )
         seen += len(images)
         if progbar is not None:

@@ -5,8 +5,16 @@ the analog input (whatever comes before the first neuron layer), or *temporal*, 
 (batch, T, ...), one slice per time step.
 
 A spiking layer runs in two ways that give identical numbers:
-- `call(inputs)` (layerwise): the whole window at once; linear ops fold time into the batch;
+- `window(inputs, state, start)` (layerwise): a run of steps at once, from a carried state, so
+  that a long window can be processed in time chunks; linear ops fold time into the batch.
+  `call(inputs)` is the whole window from the initial state (what the Keras model runs);
 - `step(inputs, state, first)` (one step): the caller carries the layer's state.
+
+Both skip work that cannot change anything: a linear op computes only the steps whose input is
+nonzero somewhere in the batch (with the "once" input coding, a layer's input is all zero after
+its activity has passed, which is most steps of the early layers). Inside an XLA-compiled
+function (no dynamic shapes) the skipping is a conditional per step; outside, the window is
+trimmed to the active steps.
 
 `first` says whether this is step 0. It is a Python bool where the step is known when
 tracing (simulation, the unrolled TFLite window) or a float32 scalar tensor, 1 at step 0 and
@@ -27,6 +35,16 @@ import functools
 from qffs_tf._keras import tf
 
 MAX_UNROLLED_STEPS = 16
+# Beyond this many steps a window is not unrolled into one conditional per step.
+MAX_CONDITIONAL_STEPS = 4 * MAX_UNROLLED_STEPS
+
+
+def in_compiled_context() -> bool:
+    """True while tracing inside an XLA-compiled function (`jit_compile=True`), where shapes
+    must be static; Keras's own layers make the same test to choose their XLA-safe path."""
+    from tf_keras.src.utils import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def is_first_tensor(first) -> bool:
@@ -68,16 +86,86 @@ def unfold_time(y: tf.Tensor, batch_time: tf.Tensor) -> tf.Tensor:
     return tf.reshape(y, tf.concat([batch_time, tf.shape(y)[1:]], 0))
 
 
-def running_sum(x: tf.Tensor) -> tf.Tensor:
-    """Cumulative sum over the time axis (axis 1).
+def group_size(size: int) -> int:
+    """The largest group of at most 32 elements that divides `size`."""
+    return next(g for g in (32, 16, 8, 4, 2, 1) if size % g == 0)
 
-    For a short window known when tracing, T-1 slice additions: on CPU this is several times
-    faster than tf.cumsum over a middle axis (measured: 12 ms vs 95 ms on 64x8x28x28x32).
+
+@tf.function(jit_compile=True)
+def _nonzero_groups(x: tf.Tensor) -> tf.Tensor:
+    # XLA's CPU backend turns reductions over more than 32 elements into a slow
+    # reduce-window: reduce groups of at most 32 here, the rest in TensorFlow.
+    size = x.shape[2:].num_elements()
+    group = group_size(size)
+    grouped = tf.reshape(x, tf.concat([tf.shape(x)[:2], [size // group, group]], 0))
+    return tf.reduce_max(tf.cast(tf.not_equal(grouped, 0), tf.int32), axis=-1)
+
+
+def active_steps(x: tf.Tensor) -> tf.Tensor:
+    """(T,) bool: which steps of a (B, T, ...) tensor are nonzero somewhere in the batch.
+
+    One fused pass over `x` (compiled with XLA), finished by TensorFlow's reduction: on
+    CPU several times cheaper than a comparison and a reduction as separate ops.
+    """
+    groups = _nonzero_groups(x)
+    return tf.reduce_max(tf.reduce_max(groups, axis=-1), axis=0) > 0
+
+
+def on_active_steps(fn, x: tf.Tensor, zero_step: tf.Tensor) -> tf.Tensor:
+    """`fn` on each step slice of `x` (B, T, ...), computed only where the slice is nonzero.
+
+    `fn` must map an all-zero slice to `zero_step` (a linear op without bias does), so the
+    result equals computing every step. Outside XLA the steps before the first and after the
+    last active one are cut off and `fn` runs once on the remaining steps folded into the
+    batch; inside XLA each step is a conditional. For windows longer than
+    MAX_CONDITIONAL_STEPS inside XLA every step is computed.
+    """
+    steps = x.shape[1]
+    if in_compiled_context():
+        if steps is None or steps > MAX_CONDITIONAL_STEPS:
+            folded, batch_time = fold_time(x)
+            return unfold_time(fn(folded), batch_time)
+        active = active_steps(x)
+        outputs = [
+            tf.cond(active[t], lambda t=t: fn(x[:, t]), lambda: zero_step) for t in range(steps)
+        ]
+        return tf.stack(outputs, axis=1)
+    active = active_steps(x)
+    index = tf.cast(tf.where(active)[:, 0], tf.int32)
+    total = tf.shape(x)[1]
+    start = tf.reduce_min(tf.concat([index, [total]], 0))
+    stop = tf.reduce_max(tf.concat([index, [-1]], 0)) + 1
+
+    def computed():
+        part = x[:, start:stop]
+        folded, batch_time = fold_time(part)
+        y = unfold_time(fn(folded), batch_time)
+        rank = y.shape.rank
+        return tf.pad(y, [[0, 0], [start, total - stop]] + [[0, 0]] * (rank - 2))
+
+    def silent():
+        return tf.tile(tf.expand_dims(zero_step, 1), [1, total] + [1] * (zero_step.shape.rank - 1))
+
+    y = tf.cond(stop > start, computed, silent)
+    y.set_shape([x.shape[0], steps, *zero_step.shape[1:]])
+    return y
+
+
+def running_sum(x: tf.Tensor, initial: tf.Tensor | None = None) -> tf.Tensor:
+    """Cumulative sum over the time axis (axis 1), starting from `initial` (B, ...) if given.
+
+    The additions run in step order (initial + x_0, then + x_1, ...), the order a step-by-step
+    run makes them in, so a window processed in chunks gives the same floats. For a short
+    window known when tracing, T-1 slice additions: on CPU this is several times faster than
+    tf.cumsum over a middle axis (measured: 12 ms vs 95 ms on 64x8x28x28x32).
     """
     steps = x.shape[1]
     if steps is None or steps > 4 * MAX_UNROLLED_STEPS:
+        if initial is not None:
+            x = tf.concat([tf.expand_dims(initial, 1), x], axis=1)
+            return tf.cumsum(x, axis=1)[:, 1:]
         return tf.cumsum(x, axis=1)
-    totals = [x[:, 0]]
+    totals = [x[:, 0] if initial is None else initial + x[:, 0]]
     for t in range(1, steps):
         totals.append(totals[-1] + x[:, t])
     return tf.stack(totals, axis=1)
@@ -119,6 +207,16 @@ class SpikingLayer:
     def initial_state(self, batch_size, dtype=tf.float32) -> list[tf.Tensor]:
         """State before step 0 (empty for stateless layers)."""
         return []
+
+    def window(self, inputs, state: list[tf.Tensor], start: int = 0, steps: int | None = None):
+        """Steps [start, start + T) at once from `state`: (outputs (B, T, ...), new state).
+
+        `start` is the index of the first step (values the input coding delivers at step 0
+        belong to the run with start 0); `steps` is T where the input does not carry it (the
+        layer that lays the static value over the window). Stateless layers without a value
+        of their own at step 0 run `call`.
+        """
+        return self.call(inputs), state
 
     def step(self, inputs, state: list[tf.Tensor], first, arithmetic: bool = False):
         """One time step: (output at this step, or None where it is zero; new state).

@@ -118,10 +118,15 @@ class _Accumulators:
         return total + self.bias
 
     def call(self, inputs):
-        paths = self._paths(inputs)
         if not self.temporal:  # the reference: the paths are the totals already
-            return self.membrane(paths)
-        return self.membrane([running_sum(path) for path in paths])
+            return self.membrane(self._paths(inputs))
+        return self.window(inputs, self.initial_state(tf.shape(self._paths(inputs)[0])[0]))[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
+        """See `SpikingLayer.window`: the accumulators carried from `state` (exact integers)."""
+        paths = self._paths(inputs)
+        totals = [running_sum(path, total) for path, total in zip(paths, state, strict=True)]
+        return self.membrane(totals), [total[:, -1] for total in totals]
 
     def initial_state(self, batch_size, dtype=tf.float32):
         return [tf.zeros(tf.concat([[batch_size], shape], 0), dtype) for shape in self.path_shapes]

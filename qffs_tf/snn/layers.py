@@ -1,7 +1,8 @@
 """Spiking layers other than the neurons: input coding, linear ops, pooling, the readout.
 
-Each is a Keras layer implementing `qffs_tf.snn.base.SpikingLayer`: `call` runs the whole
-window (or the static value), `step` one time step. The invariant that makes the conversion
+Each is a Keras layer implementing `qffs_tf.snn.base.SpikingLayer`: `window` runs a run of
+steps from a carried state, `call` the whole window (or the static value), `step` one time
+step. The invariant that makes the conversion
 exact: for the "once" input coding, the sum over time of a temporal tensor equals the QANN's
 value of it.
 """
@@ -10,9 +11,14 @@ from __future__ import annotations
 
 from qffs_tf._keras import keras, tf
 from qffs_tf.snn.base import (
+    MAX_CONDITIONAL_STEPS,
     SpikingLayer,
+    active_steps,
     add_optional,
     fold_time,
+    in_compiled_context,
+    is_first_tensor,
+    on_active_steps,
     over_window,
     pairwise_sum,
     running_sum,
@@ -79,12 +85,20 @@ class ToTemporal(SpikingLayer, keras.layers.Layer):
         self.constant_input = bool(constant_input)
 
     def call(self, inputs):
-        if self.constant_input:
-            multiples = [1, self.timesteps] + [1] * (inputs.shape.rank - 1)
-            return tf.tile(tf.expand_dims(inputs, 1), multiples)
+        return self.window(inputs, self.initial_state(tf.shape(inputs)[0], inputs.dtype))[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
+        steps = self.timesteps if steps is None else int(steps)
         rank = inputs.shape.rank
-        padding = [[0, 0], [0, self.timesteps - 1]] + [[0, 0]] * (rank - 1)
-        return tf.pad(tf.expand_dims(inputs, 1), padding)
+        if self.constant_input:
+            multiples = [1, steps] + [1] * (rank - 1)
+            return tf.tile(tf.expand_dims(inputs, 1), multiples), [inputs]
+        if start > 0:  # the value arrived at step 0, in an earlier run
+            return tf.zeros(
+                tf.concat([tf.shape(inputs)[:1], [steps], tf.shape(inputs)[1:]], 0)
+            ), state
+        padding = [[0, 0], [0, steps - 1]] + [[0, 0]] * (rank - 1)
+        return tf.pad(tf.expand_dims(inputs, 1), padding), state
 
     def build(self, input_shape):
         self.static_shape = tuple(int(d) for d in input_shape[1:])
@@ -100,6 +114,9 @@ class ToTemporal(SpikingLayer, keras.layers.Layer):
             return static_part(inputs, first, False), state
         if inputs is None:  # static layers ran at step 0 only: replay what they gave
             return state[0], state
+        if is_first_tensor(first):  # the value given at step 0, kept afterwards (exact)
+            value = inputs * first + state[0] * (1.0 - first)
+            return value, [value]
         return inputs, [inputs]
 
     def compute_output_shape(self, input_shape):
@@ -109,6 +126,43 @@ class ToTemporal(SpikingLayer, keras.layers.Layer):
         config = super().get_config()
         config.pop("temporal")
         return {**config, "timesteps": self.timesteps, "constant_input": self.constant_input}
+
+
+def _depthwise_by_taps(x, kernel, strides, padding: str, dilations) -> tf.Tensor:
+    """A depthwise convolution as a sum over its kernel taps of shifted, strided slices times
+    the tap's weights: elementwise work that XLA fuses into one loop on CPU, where its own
+    depthwise convolution is slow (measured: MobileNet-v1's QANN 10x slower under XLA)."""
+    rows, cols, channels, multiplier = (int(d) for d in kernel.shape)
+    pads, sizes = [], []
+    for size, taps, stride, dilation in zip(
+        x.shape[1:3], (rows, cols), strides, dilations, strict=True
+    ):
+        span = (taps - 1) * dilation + 1
+        if padding == "SAME":
+            out = -(-int(size) // stride)
+            total = max((out - 1) * stride + span - int(size), 0)
+            pads.append([total // 2, total - total // 2])
+        else:
+            out = (int(size) - span) // stride + 1
+            pads.append([0, 0])
+        sizes.append(out)
+    x = tf.pad(x, [[0, 0], pads[0], pads[1], [0, 0]])
+    if multiplier > 1:  # output channel c * multiplier + m reads input channel c
+        x = tf.repeat(x, multiplier, axis=-1)
+    weights = tf.reshape(kernel, [rows, cols, channels * multiplier])
+    total = None
+    for i in range(rows):
+        for j in range(cols):
+            top, left = i * dilations[0], j * dilations[1]
+            patch = x[
+                :,
+                top : top + (sizes[0] - 1) * strides[0] + 1 : strides[0],
+                left : left + (sizes[1] - 1) * strides[1] + 1 : strides[1],
+                :,
+            ]
+            term = patch * weights[i, j]
+            total = term if total is None else total + term
+    return total
 
 
 @keras.utils.register_keras_serializable(package="qffs_tf")
@@ -121,7 +175,7 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
 
     Parameters
     ----------
-    kind : {"conv2d", "depthwise_conv2d", "dense"}
+    kind : {"conv2d", "depthwise_conv2d", "dense", "conv2d_transpose"}
     kernel_shape : tuple of int
     strides, padding, dilation_rate
         As in the Keras layer (convolutions only).
@@ -187,16 +241,45 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
         if self.kind == "conv2d_transpose":
             shape = tf.stack([tf.shape(x)[0], *self.output_size, self.out_channels])
             return tf.nn.conv2d_transpose(x, kernel, shape, self.strides, self.padding)
+        if in_compiled_context():  # XLA's CPU depthwise convolution is ~10x slower than this
+            return _depthwise_by_taps(x, kernel, self.strides, self.padding, self.dilation_rate)
         return tf.nn.depthwise_conv2d(
             x, kernel, (1, *self.strides, 1), self.padding, dilations=self.dilation_rate
         )
 
+    def output_step_shape(self, input_step_shape) -> tuple[int, ...]:
+        """Shape of one sample's output for one sample's input shape (geometry only)."""
+        shape = tuple(int(d) for d in input_step_shape)
+        if self.kind == "dense":
+            return (*shape[:-1], self.out_channels)
+        if self.kind == "conv2d_transpose":
+            return (*self.output_size, self.out_channels)
+        sizes = []
+        for size, kernel, stride, dilation in zip(
+            shape[:2], self.kernel_shape[:2], self.strides, self.dilation_rate, strict=True
+        ):
+            span = (kernel - 1) * dilation + 1
+            sizes.append(
+                -(-size // stride) if self.padding == "SAME" else (size - span) // stride + 1
+            )
+        return (*sizes, self.out_channels)
+
+    def _zeros(self, inputs: tf.Tensor, per_sample_shape) -> tf.Tensor:
+        """Zeros shaped like the op's output for a batch of `inputs`."""
+        return tf.zeros(
+            tf.concat([tf.shape(inputs)[:1], self.output_step_shape(per_sample_shape)], 0)
+        )
+
     def call(self, inputs):
+        return self.window(inputs, [])[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
         if not self.temporal:
-            return self.linear(inputs) + self.bias
-        folded, batch_time = fold_time(inputs)
-        y = unfold_time(self.linear(folded), batch_time)
-        return y + over_window(self.bias, y, self.constant_input)
+            return self.linear(inputs) + self.bias, state
+        y = on_active_steps(self.linear, inputs, self._zeros(inputs, inputs.shape[2:]))
+        if start == 0 or self.constant_input:
+            y = y + over_window(self.bias, y, self.constant_input)
+        return y, state
 
     def step(self, inputs, state, first, arithmetic: bool = False):
         if inputs is None:
@@ -205,9 +288,15 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
             if bias is not None:
                 raise ValueError(f"{self.name}: a bias needs an input tensor to take its shape")
             return None, state
-        return add_optional(
-            self.linear(inputs), static_part(self.bias, first, self.constant_input)
-        ), state
+        if arithmetic:  # no control flow (TFLite)
+            y = self.linear(inputs)
+        else:  # skip the op when this step's input is zero for the whole batch
+            y = tf.cond(
+                active_steps(tf.expand_dims(inputs, 1))[0],
+                lambda: self.linear(inputs),
+                lambda: self._zeros(inputs, inputs.shape[1:]),
+            )
+        return add_optional(y, static_part(self.bias, first, self.constant_input)), state
 
     def get_config(self):
         return {
@@ -243,10 +332,15 @@ class SpikingAffine(SpikingLayer, keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
+        return self.window(inputs, [])[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
         y = inputs * self.scale
         if not self.temporal:
-            return y + self.offset
-        return y + over_window(self.offset, y, self.constant_input)
+            return y + self.offset, state
+        if start == 0 or self.constant_input:
+            y = y + over_window(self.offset, y, self.constant_input)
+        return y, state
 
     def step(self, inputs, state, first, arithmetic: bool = False):
         if inputs is None:
@@ -389,13 +483,17 @@ class SpikingConcatenate(SpikingLayer, keras.layers.Layer):
 
 
 @tf.function(jit_compile=True)
-def _temporal_max_pool(inputs, pool_size, strides, padding):
-    """maxpool(c_t) - maxpool(c_{t-1}) for every t, with c the running sum; one XLA cluster."""
-    counts = running_sum(inputs)
-    folded, batch_time = fold_time(counts)
-    pooled = unfold_time(tf.nn.max_pool2d(folded, pool_size, strides, padding), batch_time)
-    previous = tf.pad(pooled[:, :-1], [[0, 0], [1, 0], [0, 0], [0, 0], [0, 0]])
-    return pooled - previous
+def _temporal_max_pool(inputs, counts, previous, pool_size, strides, padding, global_pool):
+    """maxpool(c_t) - maxpool(c_{t-1}) for every t, with c the running sum from `counts`
+    (and `previous` = maxpool(counts)); one XLA cluster. Used for long windows."""
+    totals = running_sum(inputs, counts)
+    if global_pool:
+        pooled = tf.reduce_max(totals, axis=[2, 3])
+    else:
+        folded, batch_time = fold_time(totals)
+        pooled = unfold_time(tf.nn.max_pool2d(folded, pool_size, strides, padding), batch_time)
+    before = tf.concat([tf.expand_dims(previous, 1), pooled[:, :-1]], axis=1)
+    return pooled - before, totals[:, -1], pooled[:, -1]
 
 
 @keras.utils.register_keras_serializable(package="qffs_tf")
@@ -435,10 +533,41 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
     def call(self, inputs):
         if not self.temporal:
             return self.pool(inputs)
-        if self.global_pool:
-            pooled = tf.reduce_max(running_sum(inputs), axis=[2, 3])
-            return pooled - tf.pad(pooled[:, :-1], [[0, 0], [1, 0], [0, 0]])
-        return _temporal_max_pool(inputs, self.pool_size, self.strides, self.padding)
+        return self.window(inputs, self.initial_state(tf.shape(inputs)[0], inputs.dtype))[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
+        if not self.temporal:
+            return self.pool(inputs), state
+        counts, previous = state
+        steps = inputs.shape[1]
+        if steps is None or steps > MAX_CONDITIONAL_STEPS:
+            out, counts, previous = _temporal_max_pool(
+                inputs,
+                counts,
+                previous,
+                self.pool_size,
+                self.strides,
+                self.padding,
+                self.global_pool,
+            )
+            return out, [counts, previous]
+        # Step by step, pooling only at steps whose input is nonzero somewhere in the batch
+        # (elsewhere the counts, and so their max, do not change).
+        active = active_steps(inputs)
+        outputs = []
+        for t in range(steps):
+            current_counts, current = tf.cond(
+                active[t],
+                lambda c=counts, t=t: self._advance(c, inputs[:, t]),
+                lambda c=counts, p=previous: (c, p),
+            )
+            outputs.append(current - previous)
+            counts, previous = current_counts, current
+        return tf.stack(outputs, axis=1), [counts, previous]
+
+    def _advance(self, counts, spikes):
+        counts = counts + spikes
+        return counts, self.pool(counts)
 
     def build(self, input_shape):
         self.input_spec_shape = tuple(int(d) for d in input_shape[-3:])
@@ -452,8 +581,14 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
         if inputs is None:  # unchanged counts: unchanged max
             return None, state
         counts, previous = state
-        counts = counts + inputs
-        pooled = self.pool(counts)
+        if arithmetic:  # no control flow (TFLite)
+            counts, pooled = self._advance(counts, inputs)
+        else:
+            counts, pooled = tf.cond(
+                active_steps(tf.expand_dims(inputs, 1))[0],
+                lambda: self._advance(counts, inputs),
+                lambda: (counts, previous),
+            )
         return pooled - previous, [counts, pooled]
 
     def get_config(self):
@@ -486,11 +621,16 @@ class Integrate(SpikingLayer, keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, inputs):
-        total = running_sum(inputs)
+        return self.window(inputs, self.initial_state(tf.shape(inputs)[0], inputs.dtype))[0]
+
+    def window(self, inputs, state, start: int = 0, steps: int | None = None):
+        total = running_sum(inputs, state[0])
         if not self.mean:
-            return total
-        steps = tf.cast(tf.range(1, tf.shape(inputs)[1] + 1), inputs.dtype)
-        return total / tf.reshape(steps, [1, -1] + [1] * (inputs.shape.rank - 2))
+            return total, [total[:, -1]]
+        rank = inputs.shape.rank
+        count = tf.cast(tf.range(1, tf.shape(inputs)[1] + 1), inputs.dtype)
+        count = tf.expand_dims(state[1], 1) + tf.reshape(count, [1, -1] + [1] * (rank - 2))
+        return total / count, [total[:, -1], count[:, -1]]
 
     def initial_state(self, batch_size, dtype=tf.float32):
         total = tf.zeros(tf.concat([[batch_size], self.output_dims], 0), dtype)

@@ -12,6 +12,7 @@ from qffs_tf.errors import ConversionError
 from qffs_tf.snn.base import SpikingLayer
 from qffs_tf.snn.layers import Integrate, Readout, SpikingLinear, ToTemporal
 from qffs_tf.snn.neuron_layer import SpikingNeurons
+from qffs_tf.snn.timesteps import timesteps_of
 
 
 def layer_graph(snn: keras.Model) -> list[tuple[keras.layers.Layer, list[str]]]:
@@ -66,6 +67,7 @@ class Program:
     def __init__(self, snn: keras.Model):
         self.snn = snn
         self.graph = layer_graph(snn)
+        self.inbound = {layer.name: inbound for layer, inbound in self.graph}
         layers = [layer for layer, _ in self.graph]
         self.neuron_layers = [layer for layer in layers if isinstance(layer, SpikingNeurons)]
         self.synapses = [
@@ -86,10 +88,40 @@ class Program:
         self.constant_input = any(
             isinstance(layer, ToTemporal) and layer.constant_input for layer in layers
         )
+        self.direct_static = self._direct_static_inputs()
+
+    def _direct_static_inputs(self) -> set[str]:
+        """ToTemporal layers whose only readers are neuron layers of the same input coding:
+        in `window` those neurons take the static value itself (nothing laid over T)."""
+        readers: dict[str, list] = {}
+        for layer, inbound in self.graph:
+            for name in inbound:
+                readers.setdefault(name, []).append(layer)
+        direct = set()
+        for layer, _ in self.graph:
+            if not isinstance(layer, ToTemporal):
+                continue
+            users = readers.get(layer.name, [])
+            if users and all(
+                isinstance(user, SpikingNeurons)
+                and (user.neuron.input_coding == "constant") == layer.constant_input
+                for user in users
+            ):
+                direct.add(layer.name)
+        return direct
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.snn.input_shape[1:])
+
+    @property
+    def timesteps(self) -> int:
+        """The SNN's window length T."""
+        return timesteps_of(self.snn)
+
+    def static_names(self) -> list[str]:
+        """Layers computed once from the analog input (the static part)."""
+        return [layer.name for layer, _ in self.graph if not _is_temporal(layer)]
 
     def initial_state(self, batch_size, dtype=tf.float32) -> dict[str, list[tf.Tensor]]:
         """Every stateful layer's state before step 0 (layers without state are absent)."""
@@ -101,18 +133,124 @@ class Program:
                     state[layer.name] = values
         return state
 
-    def window(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
-        """The whole window layer by layer: every layer's output (temporal ones (B, T, ...))."""
+    def window(
+        self,
+        x: tf.Tensor,
+        state: dict | None = None,
+        start: int = 0,
+        steps: int | None = None,
+        static: dict | None = None,
+    ) -> tuple[dict[str, tf.Tensor], dict]:
+        """Steps [start, start + steps) layer by layer, each layer's `window` from `state`.
+
+        Parameters
+        ----------
+        x : tf.Tensor
+            The analog input batch.
+        state : dict, optional
+            From `initial_state` (the default) or the previous run of steps.
+        start : int
+            Index of the first step of this run (0: the run that receives the static part).
+        steps : int, optional
+            Length of the run (default: the SNN's whole window T).
+        static : dict, optional
+            The static layers' values from an earlier run, so they are not computed again.
+
+        Returns
+        -------
+        values : dict
+            Layer name -> output (temporal ones (B, steps, ...)).
+        state : dict
+            The state after the run.
+        """
+        if state is None:
+            state = self.initial_state(tf.shape(x)[0], x.dtype)
+        values, new_state = {}, dict(state)
+        for layer, inbound in self.graph:
+            name = layer.name
+            if isinstance(layer, keras.layers.InputLayer):
+                values[name] = x
+                continue
+            if not _is_temporal(layer) and static is not None:
+                values[name] = static[name]
+                continue
+            if name in self.direct_static:  # its neurons read the static value directly
+                values[name] = None
+                if name in state:  # "constant" coding keeps the value (see ToTemporal.step)
+                    new_state[name] = [values[inbound[0]]]
+                continue
+            if len(inbound) == 1 and inbound[0] in self.direct_static:
+                inputs = [values[self.inbound[inbound[0]][0]]]
+                steps_here = steps or self.timesteps
+            else:
+                inputs = [values[i] for i in inbound]
+                steps_here = steps
+            arg = inputs if len(inputs) > 1 else inputs[0]
+            if not _is_temporal(layer):
+                values[name] = layer(arg)
+                continue
+            with tf.name_scope(name):
+                values[name], layer_state = layer.window(
+                    arg, state.get(name, []), start, steps_here
+                )
+            if name in state:
+                new_state[name] = layer_state
+        return values, new_state
+
+    def chunked_window(self, x: tf.Tensor, chunk_steps: int, collect):
+        """The whole window as runs of at most `chunk_steps` steps, each layer's state carried
+        from run to run, so that only one run's tensors are alive at a time.
+
+        Parameters
+        ----------
+        x : tf.Tensor
+            The analog input batch.
+        chunk_steps : int
+            Steps per run.
+        collect : callable
+            `collect(values, state, last)` -> what to keep of a run (small tensors), from the
+            run's values, the state it started from and whether it is the last run; called
+            once per run, in order. A state that nothing reads is never computed.
+
+        Returns
+        -------
+        results : list
+            `collect`'s results, one per run.
+        state : dict
+            The state after the last step.
+
+        Example
+        -------
+        >>> runs, _ = program.chunked_window(x, 4, lambda v, s, last: v["logits_integrate"])
+        >>> logits = tf.concat(runs, axis=1)  # (B, T, classes)
+        """
+        total = self.timesteps
+        chunk_steps = max(1, min(int(chunk_steps), total))
+        state, static, results = None, None, []
+        for start in range(0, total, chunk_steps):
+            if results:  # finish the previous run before starting this one: bounded memory
+                with tf.control_dependencies(tf.nest.flatten(results[-1])):
+                    state = tf.nest.map_structure(tf.identity, state)
+                    static = tf.nest.map_structure(tf.identity, static)
+            steps = min(chunk_steps, total - start)
+            before = self.initial_state(tf.shape(x)[0], x.dtype) if state is None else state
+            values, state = self.window(x, before, start, steps, static)
+            static = {name: values[name] for name in self.static_names()}
+            results.append(collect(values, before, start + steps == total))
+        return results, state
+
+    def static_values(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The static part: every layer computed once from the analog input, by name."""
         values = {}
         for layer, inbound in self.graph:
             if isinstance(layer, keras.layers.InputLayer):
                 values[layer.name] = x
-                continue
-            inputs = [values[name] for name in inbound]
-            values[layer.name] = layer(inputs if len(inputs) > 1 else inputs[0])
+            elif not _is_temporal(layer):
+                inputs = [values[name] for name in inbound]
+                values[layer.name] = layer(inputs if len(inputs) > 1 else inputs[0])
         return values
 
-    def step(self, x, state: dict, first, arithmetic: bool = False):
+    def step(self, x, state: dict, first, arithmetic: bool = False, static: dict | None = None):
         """One time step over the graph.
 
         Parameters
@@ -125,7 +263,12 @@ class Program:
             Step 0 or not: a Python bool, or a float32 scalar mask (1 at step 0) for programs
             without control flow.
         arithmetic : bool
-            Neuron decisions with floor/min/max instead of comparisons (TFLite / XNNPACK).
+            Neuron decisions with floor/min/max instead of comparisons (TFLite / XNNPACK),
+            and no control flow.
+        static : dict, optional
+            The static part's values (`static_values`) computed by the caller, e.g. once per
+            window; by default the static layers run here (at step 0 only when `first` is a
+            bool, at every step, masked, when it is a tensor).
 
         Returns
         -------
@@ -144,10 +287,14 @@ class Program:
             inputs = [values[i] for i in inbound]
             arg = inputs if len(inputs) > 1 else inputs[0]
             if not _is_temporal(layer):  # static: runs on the analog input, at step 0 only
+                if static is not None:
+                    values[name] = static[name]
+                    continue
                 present = (dynamic or first) and all(value is not None for value in inputs)
                 values[name] = layer(arg) if present else None
                 continue
-            values[name], layer_state = layer.step(arg, state.get(name, []), first, arithmetic)
+            with tf.name_scope(name):
+                values[name], layer_state = layer.step(arg, state.get(name, []), first, arithmetic)
             if name in state:
                 new_state[name] = layer_state
         return values, new_state

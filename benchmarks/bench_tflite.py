@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""TFLite (LiteRT + XNNPACK) latency of the QANN and both SNN programs, optionally A/B.
+
+Exports, for one model, `qann_float` and `snn_full` (dynamic batch) and `snn_step` (batch 1)
+with this checkout's `export_tflite` (and, with --baseline, with an earlier commit's too),
+then times them in interleaved rounds in one process: `qann_float` and `snn_full` per image
+at each batch size, `snn_step` per step at batch 1. The minimum over rounds of each block's
+median is reported, and every SNN time is also given relative to `qann_float` of the same
+version and batch. Writes JSON and a markdown table under benchmarks/results/tflite/.
+
+    .venv/bin/python benchmarks/bench_tflite.py --run_dir=runs/quickstart --baseline=be320a4
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from absl import flags  # noqa: E402
+
+from benchmarks.baseline import baseline_package  # noqa: E402
+from qffs_tf import cli  # noqa: E402
+
+flags.DEFINE_string(
+    "run_dir",
+    None,
+    "Run folder with qat_model.keras (bin/train). Default: the quickstart architecture "
+    "(small_cnn, 28x28x1) untrained with calibrated 2-bit steps; latency does not depend on "
+    "the weights' values.",
+)
+flags.DEFINE_integer("timesteps", 8, "Window length T of snn_full.", lower_bound=1)
+flags.DEFINE_list("batch_sizes", ["1", "64"], "Batch sizes for qann_float and snn_full.")
+flags.DEFINE_integer("num_threads", 2, "Interpreter threads.", lower_bound=1)
+flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.", lower_bound=1)
+flags.DEFINE_integer("invokes", 20, "Timed invocations per block (per round).", lower_bound=1)
+flags.DEFINE_string("baseline", None, "Also export and time an earlier commit's files.")
+flags.DEFINE_string("output", "benchmarks/results/tflite/latency", "Output prefix (.json, .md).")
+FLAGS = flags.FLAGS
+
+
+def _qat_model(package):
+    import numpy as np
+
+    from qffs_tf._keras import keras
+
+    if FLAGS.run_dir:
+        return package.load_model(os.path.join(FLAGS.run_dir, "qat_model.keras"))
+    keras.utils.set_random_seed(0)
+    model = package.models.build("small_cnn", input_shape=(28, 28, 1), num_classes=10)
+    x = np.random.default_rng(0).uniform(0, 1, (64, 28, 28, 1)).astype(np.float32)
+    return package.quantize_model(model, 2, calibration_data=x)
+
+
+def _export(package, folder: str) -> dict[str, str]:
+    qat = _qat_model(package)
+    snn = package.convert(qat, FLAGS.timesteps)
+    paths = {}
+    for kind, model in (("qann_float", qat), ("snn_full", snn), ("snn_step", snn)):
+        paths[kind] = os.path.join(folder, f"{kind}.tflite")
+        options = {"timesteps": FLAGS.timesteps} if kind == "snn_full" else {}
+        package.export_tflite(model, paths[kind], kind, **options)
+    return paths
+
+
+class _Single:
+    """One single-signature file at one batch size: invoke() runs it once."""
+
+    def __init__(self, path: str, batch: int, image):
+        import numpy as np
+
+        from qffs_tf.export import runtime
+
+        self.runtime = runtime.interpreter(path, FLAGS.num_threads)
+        detail = self.runtime.get_input_details()[0]
+        self.runtime.resize_tensor_input(detail["index"], [batch, *image.shape])
+        self.runtime.allocate_tensors()
+        self.runtime.set_tensor(detail["index"], np.repeat(image[None], batch, axis=0))
+        self.per = batch
+
+    def invoke(self):
+        self.runtime.invoke()
+
+
+class _Stream:
+    """A snn_step file: invoke() runs one step, resetting (untimed) every T steps."""
+
+    def __init__(self, path: str, image):
+        from qffs_tf.export import runtime
+
+        self.runtime = runtime.interpreter(path, FLAGS.num_threads)
+        self.reset = self.runtime.get_signature_runner("reset")
+        self.step = self.runtime.get_signature_runner("step")
+        self.image = image[None].astype("float32")
+        self.count = 0
+        self.per = 1
+
+    def invoke(self):
+        if self.count % FLAGS.timesteps == 0:
+            self.reset()
+        self.count += 1
+        self.step(image=self.image)
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    with cli.quiet_tensorflow():
+        import numpy as np
+
+        import qffs_tf
+        from qffs_tf import io_utils
+
+        folder = tempfile.mkdtemp(prefix="qffs_tflite_")
+        versions = {"after": _export(qffs_tf, os.path.join(folder, "after"))}
+        if FLAGS.baseline:
+            base = baseline_package(FLAGS.baseline)
+            versions["before"] = _export(base, os.path.join(folder, "before"))
+    shape = _qat_model(qffs_tf).input_shape[1:]
+    image = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float32)
+    runners = {}
+    for version, paths in versions.items():
+        for batch in map(int, FLAGS.batch_sizes):
+            for kind in ("qann_float", "snn_full"):
+                runners[(version, kind, batch)] = _Single(paths[kind], batch, image)
+        runners[(version, "snn_step", 1)] = _Stream(paths["snn_step"], image)
+    for runner in runners.values():  # warm up (XNNPACK packs weights on first use)
+        for _ in range(3):
+            runner.invoke()
+    best = dict.fromkeys(runners, float("inf"))
+    order = list(runners)
+    for round_ in range(FLAGS.rounds):
+        # Alternate the order so that no file always runs right after another one.
+        for key in order if round_ % 2 == 0 else order[::-1]:
+            runner = runners[key]
+            seconds = []
+            for _ in range(FLAGS.invokes):
+                start = time.perf_counter()
+                runner.invoke()
+                seconds.append(time.perf_counter() - start)
+            best[key] = min(best[key], float(np.median(seconds)) / runner.per)
+    rows = []
+    for (version, kind, batch), seconds in best.items():
+        qann = best[(version, "qann_float", batch)]
+        rows.append(
+            {
+                "version": version,
+                "model": kind,
+                "batch": batch,
+                "ms_per_image": 1e3 * seconds,
+                "relative_to_qann_float": seconds / qann,
+                "timesteps": FLAGS.timesteps if kind == "snn_full" else None,
+            }
+        )
+    setup = {
+        "num_threads": FLAGS.num_threads,
+        "rounds": FLAGS.rounds,
+        "invokes": FLAGS.invokes,
+        "timesteps": FLAGS.timesteps,
+        "run_dir": FLAGS.run_dir,
+        "baseline": FLAGS.baseline,
+        "load_average": os.getloadavg(),
+    }
+    io_utils.write_json(f"{FLAGS.output}.json", {"setup": setup, "results": rows})
+    lines = [
+        f"LiteRT + XNNPACK, {FLAGS.num_threads} thread(s); per image (snn_step: per step); "
+        f"minimum over {FLAGS.rounds} interleaved rounds of the median of {FLAGS.invokes} "
+        f"invocations; snn_full runs T = {FLAGS.timesteps}.",
+        "",
+        "| version | file | batch | ms per image | x qann_float (same batch) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['version']} | {row['model']} | {row['batch']} | {row['ms_per_image']:.4f} | "
+            f"{row['relative_to_qann_float']:.2f} |"
+        )
+    table = "\n".join(lines) + "\n"
+    io_utils.atomic_write_text(f"{FLAGS.output}.md", table)
+    print(table + f"-> {FLAGS.output}.md, {FLAGS.output}.json")
+
+
+if __name__ == "__main__":
+    cli.run(main)
