@@ -19,7 +19,7 @@ import numpy as np
 
 from qffs_tf._keras import keras, tf
 from qffs_tf.errors import InvalidArgumentError, InvalidInputError
-from qffs_tf.snn.base import group_size
+from qffs_tf.snn.base import fused, group_size
 from qffs_tf.snn.layers import SpikingLinear
 from qffs_tf.snn.program import Program
 from qffs_tf.snn.timesteps import check_timesteps, timesteps_of, with_timesteps
@@ -204,7 +204,7 @@ def ann_macs(snn: keras.Model) -> int:
     )
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _partial_counts(values: tf.Tensor, fanouts: tuple, lead: int, signs: bool):
     """Per group of 32 neurons: spikes of each sign and events times fan-out, in int32.
 
@@ -231,12 +231,11 @@ def _integer_statistics(
 ) -> list[tf.Tensor]:
     """Exact integer statistics of a (B, T, ...) or (B, ...) tensor, per sample (and step):
     [positive, negative] if `signs`, then events times each fan-out (synaptic operations)."""
-    return [
-        tf.reduce_sum(part, -1) for part in _partial_counts(values, tuple(fanouts), lead, signs)
-    ]
+    partial = fused(_partial_counts, values.shape[lead:].num_elements())
+    return [tf.reduce_sum(part, -1) for part in partial(values, tuple(fanouts), lead, signs)]
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _spikes_per_neuron(outputs: tf.Tensor, threshold: float) -> tf.Tensor:
     """Net spikes per neuron over a run: outputs (B, T, ...) are spikes times the
     threshold; the sum over the run divided by it, rounded (XLA may turn the division into a
@@ -304,12 +303,17 @@ class _Simulator:
         self.fanouts = {layer.name: tf.constant(fanout(layer)) for layer in self.synapses}
         self.inbound = {layer.name: inbound for layer, inbound in self.program.graph}
         self.input_macs = input_macs(snn)
-        self.layerwise = tf.function(self._layerwise, jit_compile=jit_compile)
-        self.stepwise = tf.function(self._stepwise, jit_compile=jit_compile)
-        self.first_step = tf.function(lambda x, s: self._step(x, s, True), jit_compile=jit_compile)
+        self.layerwise = tf.function(self._layerwise, jit_compile=jit_compile, autograph=False)
+        self.stepwise = tf.function(self._stepwise, jit_compile=jit_compile, autograph=False)
+        self.first_step = tf.function(
+            lambda x, s: self._step(x, s, True), jit_compile=jit_compile, autograph=False
+        )
         # The batch shrinks as samples become quiet (early exit): one trace for all sizes.
         self.next_step = tf.function(
-            lambda x, s: self._step(x, s, False), jit_compile=jit_compile, reduce_retracing=True
+            lambda x, s: self._step(x, s, False),
+            jit_compile=jit_compile,
+            reduce_retracing=True,
+            autograph=False,
         )
 
     def _statistics(self, values: dict, lead: int) -> dict[str, tf.Tensor]:
@@ -346,7 +350,9 @@ class _Simulator:
         out = self._statistics(values, 2)
         if last:
             for layer in self.neuron_layers:
-                spikes = _spikes_per_neuron(values[layer.name], layer.threshold)
+                outputs = values[layer.name]
+                per_neuron = fused(_spikes_per_neuron, outputs.shape[2:].num_elements())
+                spikes = per_neuron(outputs, layer.threshold)
                 out[f"count/{layer.name}"] = layer.count(before[layer.name]) + spikes
         return out
 

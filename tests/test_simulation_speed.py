@@ -70,9 +70,11 @@ def test_zero_steps_are_skipped_without_changing_the_result():
     folded = tf.reshape(x, [-1, 5, 5, 2])
     dense = tf.reshape(layer.linear(folded), [3, 6, 5, 5, 4]).numpy()
     dense[:, 0] += layer.bias.numpy()  # the bias arrives at step 0 ("once" coding)
-    for compiled in (False, True):
-        window = tf.function(lambda v: layer.window(v, [])[0], jit_compile=compiled)
-        np.testing.assert_array_equal(window(x), dense)
+    for threshold in (0, 10**12):  # skipping on (however small the input) and off
+        with qffs_tf.snn.fusion_threshold(threshold):
+            for compiled in (False, True):
+                window = tf.function(lambda v: layer.window(v, [])[0], jit_compile=compiled)
+                np.testing.assert_array_equal(window(x), dense)
     silent = tf.zeros_like(x)
     np.testing.assert_array_equal(layer.window(silent, [])[0][:, 1:], 0.0)
 
@@ -164,3 +166,32 @@ def test_main_layer_kinds_chunk_bit_for_bit(arithmetic):
     assert_same_run(qffs_tf.simulate(snn, x, max_memory_mb=budget), whole)
     assert_same_run(qffs_tf.simulate(snn, x, mode="stepwise"), whole)
     assert whole.spikes_per_step().sum() > 0
+
+
+def test_fused_and_plain_passes_give_the_same_run():
+    """The elementwise passes (neuron window, zero-step test, statistics) run as their own XLA
+    clusters from FUSION_MIN_ELEMENTS per sample, as plain ops below: the same numbers, in
+    every mode, and the threshold really changes what runs."""
+    model = every_layer_model(6)
+    x = images(8, model.input_shape[1:], 6)
+    qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=x)
+    runs = {}
+    for name, threshold in (("fused", 0), ("plain", 10**12)):
+        snn = qffs_tf.convert(qat, timesteps=6)  # a fresh model: programs trace anew
+        traces = qffs_tf.simulation._partial_counts.experimental_get_tracing_count()
+        state, per_step = memory_estimate(Program(snn), len(x))
+        two_steps = (state + 2 * per_step) / 2**20  # chunks of two steps
+        with qffs_tf.snn.fusion_threshold(threshold):
+            runs[name] = [
+                qffs_tf.simulate(snn, x),
+                qffs_tf.simulate(snn, x, mode="stepwise"),
+                qffs_tf.simulate(snn, x, max_memory_mb=two_steps),
+            ]
+        traced = qffs_tf.simulation._partial_counts.experimental_get_tracing_count() - traces
+        assert (traced > 0) == (name == "fused")
+    for fused_run, plain_run in zip(runs["fused"], runs["plain"], strict=True):
+        assert_same_run(fused_run, plain_run)
+    assert runs["plain"][0].spikes_per_step().sum() > 0
+    with pytest.raises(ValueError, match="min_elements"):
+        with qffs_tf.snn.fusion_threshold(-1):
+            pass

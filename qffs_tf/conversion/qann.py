@@ -12,6 +12,7 @@ from qffs_tf.conversion.builder import build_layer
 from qffs_tf.conversion.graph import Node
 from qffs_tf.conversion.rewrites import simplified_graph
 from qffs_tf.errors import InvalidArgumentError
+from qffs_tf.snn.base import without_autograph
 
 ACTIVATIONS = ("quantize", "relu_clip")
 
@@ -50,6 +51,7 @@ class QANNActivation(keras.layers.Layer):
         self.levels = int(levels)
         self.mode = mode
 
+    @without_autograph
     def call(self, inputs):
         if self.mode == "quantize":
             return quantized_relu(inputs, self.step_size, self.levels)

@@ -79,7 +79,9 @@ def _qann_function(model: keras.Model, activation: str):
         raise ExportError(f"Cannot export this model: {error}") from None
     shape = tuple(int(d) for d in qann.input_shape[1:])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="image")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="image")], autograph=False
+    )
     def function(image):
         return {"logits": qann(image, training=False)}
 
@@ -108,7 +110,9 @@ def _snn_full_function(snn: keras.Model, timesteps: int):
         for name, values in program.initial_state(1).items()
     }
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="image")])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="image")], autograph=False
+    )
     def snn_full(image):
         state = dict(initial)
         values = None
@@ -155,8 +159,8 @@ class _StreamingSNN(tf.Module):
         def step(image):
             return self._step_fn(image)
 
-        self.reset = tf.function(reset, input_signature=[])
-        self.step = tf.function(step, input_signature=[image])
+        self.reset = tf.function(reset, input_signature=[], autograph=False)
+        self.step = tf.function(step, input_signature=[image], autograph=False)
 
     def _reset_fn(self):
         for name, variables in self.state.items():

@@ -10,7 +10,7 @@
 """
 
 from qffs_tf.snn import layers, neurons
-from qffs_tf.snn.base import SpikingLayer
+from qffs_tf.snn.base import FUSION_MIN_ELEMENTS, SpikingLayer, fusion_threshold
 from qffs_tf.snn.layers import (
     Integrate,
     Readout,
@@ -29,6 +29,7 @@ from qffs_tf.snn.registry import custom_objects
 from qffs_tf.snn.timesteps import check_timesteps, timesteps_of, with_timesteps
 
 __all__ = [
+    "FUSION_MIN_ELEMENTS",
     "Integrate",
     "NeuronCell",
     "NeuronModel",
@@ -45,6 +46,7 @@ __all__ = [
     "ToTemporal",
     "check_timesteps",
     "custom_objects",
+    "fusion_threshold",
     "get_neuron",
     "layer_graph",
     "layers",

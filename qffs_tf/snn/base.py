@@ -30,13 +30,77 @@ static value (ToTemporal, biases, BatchNorm offsets) take `constant_input` from 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 from qffs_tf._keras import tf
 
 MAX_UNROLLED_STEPS = 16
-# Beyond this many steps a window is not unrolled into one conditional per step.
-MAX_CONDITIONAL_STEPS = 4 * MAX_UNROLLED_STEPS
+"""Longest window that is unrolled (one neuron update, or one conditional, per step): beyond
+it, tracing and compiling the unrolled graph costs more than it saves."""
+
+FUSION_MIN_ELEMENTS = 4096
+"""Per-sample size from which the engine's elementwise passes (the neuron window, the test
+for steps with no spike, the statistics) run as their own XLA clusters. Each cluster is
+compiled once per shape, about 20-100 ms on a 2-core CPU; on smaller tensors the saving per
+call is microseconds, which a program rarely repays, so they run as plain TensorFlow ops.
+The choice depends only on the per-sample shape, never on the batch or the number of steps,
+so that a layer computes the same way layerwise, stepwise and in time chunks."""
+
+_fusion = {"min_elements": FUSION_MIN_ELEMENTS}
+
+
+@contextlib.contextmanager
+def fusion_threshold(min_elements: int) -> Iterator[None]:
+    """Fuse the engine's elementwise passes into XLA clusters from `min_elements` per sample
+    (0: always; a huge number: never) for programs traced inside the block.
+
+    The numbers are the same either way; only speed and first-call (compile) time change.
+    Programs are traced on their first call and cached with the model, so the threshold
+    applies to models first simulated or called inside the block.
+
+    Parameters
+    ----------
+    min_elements : int
+        Smallest per-sample tensor size (elements) that is fused.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Restores the previous threshold on exit.
+
+    Raises
+    ------
+    ValueError
+        If `min_elements` is negative.
+
+    Example
+    -------
+    >>> with fusion_threshold(0):
+    ...     result = simulate(snn, images, timesteps=8)
+    """
+    if min_elements < 0:
+        raise ValueError(f"fusion_threshold: min_elements must be >= 0, got {min_elements}")
+    previous = _fusion["min_elements"]
+    _fusion["min_elements"] = int(min_elements)
+    try:
+        yield
+    finally:
+        _fusion["min_elements"] = previous
+
+
+def fused(function, per_sample_elements: int | None):
+    """`function` (a `tf.function(jit_compile=True)`) as its own XLA cluster, or its plain
+    Python body run as ordinary ops, by the per-sample size of the tensor it reads (see
+    FUSION_MIN_ELEMENTS). Inside an XLA-compiled program both are the same."""
+    return function if worth_fusing(per_sample_elements) else function.python_function
+
+
+def worth_fusing(per_sample_elements: int | None) -> bool:
+    """Whether a pass over tensors of this per-sample size is worth its own compiled cluster
+    (or, for conditionals that skip work, worth the graph they add); unknown sizes are."""
+    return per_sample_elements is None or per_sample_elements >= _fusion["min_elements"]
 
 
 def in_compiled_context() -> bool:
@@ -45,6 +109,24 @@ def in_compiled_context() -> bool:
     from tf_keras.src.utils import control_flow_util
 
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def without_autograph(function):
+    """`function` marked so that AutoGraph runs it as written.
+
+    The engine's code has no Python control flow on tensors (it uses tf.cond and
+    tf.while_loop where it needs them, and Python loops over step counts known when tracing),
+    so AutoGraph has nothing to convert; converting it anyway, at every trace of a layer's
+    `call` in a Keras model, measured about half of a conversion's time.
+    """
+    if getattr(function, "_qffs_without_autograph", False):
+        return function
+    wrapped = tf.autograph.experimental.do_not_convert(function)
+    # Keras reads `call`'s signature (does it take `training`?) through TensorFlow's
+    # decorator protocol, which do_not_convert's plain wrapper does not follow.
+    wrapped = tf.__internal__.decorator.make_decorator(function, wrapped)
+    wrapped._qffs_without_autograph = True
+    return wrapped
 
 
 def is_first_tensor(first) -> bool:
@@ -91,7 +173,7 @@ def group_size(size: int) -> int:
     return next(g for g in (32, 16, 8, 4, 2, 1) if size % g == 0)
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _nonzero_groups(x: tf.Tensor) -> tf.Tensor:
     # XLA's CPU backend turns reductions over more than 32 elements into a slow
     # reduce-window: reduce groups of at most 32 here, the rest in TensorFlow.
@@ -107,7 +189,7 @@ def active_steps(x: tf.Tensor) -> tf.Tensor:
     One fused pass over `x` (compiled with XLA), finished by TensorFlow's reduction: on
     CPU several times cheaper than a comparison and a reduction as separate ops.
     """
-    groups = _nonzero_groups(x)
+    groups = fused(_nonzero_groups, x.shape[2:].num_elements())(x)
     return tf.reduce_max(tf.reduce_max(groups, axis=-1), axis=0) > 0
 
 
@@ -117,14 +199,17 @@ def on_active_steps(fn, x: tf.Tensor, zero_step: tf.Tensor) -> tf.Tensor:
     `fn` must map an all-zero slice to `zero_step` (a linear op without bias does), so the
     result equals computing every step. Outside XLA the steps before the first and after the
     last active one are cut off and `fn` runs once on the remaining steps folded into the
-    batch; inside XLA each step is a conditional. For windows longer than
-    MAX_CONDITIONAL_STEPS inside XLA every step is computed.
+    batch; inside XLA each step is a conditional. Windows longer than MAX_UNROLLED_STEPS
+    inside XLA, and inputs too small to be worth it (`worth_fusing`), compute every step.
     """
     steps = x.shape[1]
-    if in_compiled_context():
-        if steps is None or steps > MAX_CONDITIONAL_STEPS:
-            folded, batch_time = fold_time(x)
-            return unfold_time(fn(folded), batch_time)
+    compiled = in_compiled_context()
+    if not worth_fusing(x.shape[2:].num_elements()) or (
+        compiled and (steps is None or steps > MAX_UNROLLED_STEPS)
+    ):
+        folded, batch_time = fold_time(x)
+        return unfold_time(fn(folded), batch_time)
+    if compiled:
         active = active_steps(x)
         outputs = [
             tf.cond(active[t], lambda t=t: fn(x[:, t]), lambda: zero_step) for t in range(steps)
@@ -203,6 +288,10 @@ class SpikingLayer:
     def __init__(self, *args, temporal: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.temporal = bool(temporal)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.call = without_autograph(cls.call)
 
     def initial_state(self, batch_size, dtype=tf.float32) -> list[tf.Tensor]:
         """State before step 0 (empty for stateless layers)."""

@@ -30,7 +30,7 @@ last bits, so integer-mode results are exact with jit_compile=False (the default
 from __future__ import annotations
 
 from qffs_tf._keras import keras, tf
-from qffs_tf.snn.base import SpikingLayer, add_optional, running_sum
+from qffs_tf.snn.base import SpikingLayer, add_optional, running_sum, without_autograph
 from qffs_tf.snn.layers import Integrate, _TemporalOp
 from qffs_tf.snn.neurons.base import NeuronModel
 from qffs_tf.snn.neurons.registry import register_neuron
@@ -239,6 +239,7 @@ class LevelOf(keras.layers.Layer):
         super().__init__(**kwargs)
         self.levels = int(levels)
 
+    @without_autograph
     def call(self, inputs):
         return IntegerQFFSNeuron.target_level(inputs, self.levels)
 

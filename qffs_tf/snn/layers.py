@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from qffs_tf._keras import keras, tf
 from qffs_tf.snn.base import (
-    MAX_CONDITIONAL_STEPS,
+    MAX_UNROLLED_STEPS,
     SpikingLayer,
     active_steps,
     add_optional,
     fold_time,
+    fused,
     in_compiled_context,
     is_first_tensor,
     on_active_steps,
@@ -24,6 +25,7 @@ from qffs_tf.snn.base import (
     running_sum,
     static_part,
     unfold_time,
+    worth_fusing,
 )
 
 LINEAR_KINDS = ("conv2d", "depthwise_conv2d", "dense", "conv2d_transpose")
@@ -288,8 +290,8 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
             if bias is not None:
                 raise ValueError(f"{self.name}: a bias needs an input tensor to take its shape")
             return None, state
-        if arithmetic:  # no control flow (TFLite)
-            y = self.linear(inputs)
+        if arithmetic or not worth_fusing(inputs.shape[1:].num_elements()):
+            y = self.linear(inputs)  # no control flow (TFLite), or little to skip
         else:  # skip the op when this step's input is zero for the whole batch
             y = tf.cond(
                 active_steps(tf.expand_dims(inputs, 1))[0],
@@ -482,7 +484,7 @@ class SpikingConcatenate(SpikingLayer, keras.layers.Layer):
         return {**super().get_config(), "axis": self.axis}
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def _temporal_max_pool(inputs, counts, previous, pool_size, strides, padding, global_pool):
     """maxpool(c_t) - maxpool(c_{t-1}) for every t, with c the running sum from `counts`
     (and `previous` = maxpool(counts)); one XLA cluster. Used for long windows."""
@@ -540,8 +542,11 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
             return self.pool(inputs), state
         counts, previous = state
         steps = inputs.shape[1]
-        if steps is None or steps > MAX_CONDITIONAL_STEPS:
-            out, counts, previous = _temporal_max_pool(
+        size = inputs.shape[2:].num_elements()
+        if steps is None or steps > MAX_UNROLLED_STEPS or not worth_fusing(size):
+            # One pass over the whole window: long windows (one conditional per step would
+            # cost more to trace than it saves) and small inputs (little to skip).
+            out, counts, previous = fused(_temporal_max_pool, size)(
                 inputs,
                 counts,
                 previous,
@@ -581,8 +586,8 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
         if inputs is None:  # unchanged counts: unchanged max
             return None, state
         counts, previous = state
-        if arithmetic:  # no control flow (TFLite)
-            counts, pooled = self._advance(counts, inputs)
+        if arithmetic or not worth_fusing(inputs.shape[1:].num_elements()):
+            counts, pooled = self._advance(counts, inputs)  # no control flow, or little to skip
         else:
             counts, pooled = tf.cond(
                 active_steps(tf.expand_dims(inputs, 1))[0],

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from qffs_tf._keras import keras, tf
-from qffs_tf.snn.base import MAX_UNROLLED_STEPS, SpikingLayer
+from qffs_tf.snn.base import MAX_UNROLLED_STEPS, SpikingLayer, fused, without_autograph
 from qffs_tf.snn.neurons import get_neuron, serialize_neuron
 
 _WINDOWS: dict[tuple, object] = {}
@@ -54,7 +56,7 @@ def _window_function(neuron, result: str = "both"):
             outputs = tf.stack(outputs, axis=1)
             return outputs if result == "outputs" else (outputs, state)
 
-        _WINDOWS[key] = tf.function(window, jit_compile=True)
+        _WINDOWS[key] = tf.function(window, jit_compile=True, autograph=False)
     return _WINDOWS[key]
 
 
@@ -105,6 +107,7 @@ class NeuronCell(keras.layers.Layer):
         )
         return spikes * tf.cast(self.threshold, inputs.dtype), states
 
+    @without_autograph
     def call(self, inputs, states):
         return self.update(inputs, states)
 
@@ -196,8 +199,10 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
         args = (inputs, list(state), threshold, levels)
         if static:
             args = (*args, total, start == 0)
-        if total == 1:
-            outputs, state = _window_function(self.neuron, "both")(*args)
+        both = _window_function(self.neuron, "both")
+        window = fused(both, int(np.prod(self.neuron_shape)))
+        if total == 1 or window is not both:  # one step, or plain ops (nothing to split)
+            outputs, state = window(*args)
         else:
             outputs = _window_function(self.neuron, "outputs")(*args)
             state = _window_function(self.neuron, "state")(*args)
