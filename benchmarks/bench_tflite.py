@@ -87,23 +87,34 @@ class _Single:
 
 
 class _Stream:
-    """A snn_step file: invoke() runs one step, resetting (untimed) every T steps."""
+    """A snn_step file: invoke() runs one step of a T-step window. `start` then `advance`
+    (the image's layers once per window), or with `image_every_step` `reset` (every T steps)
+    then `step(image)`; the mean over a window's steps is what a device pays per step."""
 
-    def __init__(self, path: str, image):
+    def __init__(self, path: str, image, image_every_step: bool):
         from qffs_tf.export import runtime
 
         self.runtime = runtime.interpreter(path, FLAGS.num_threads)
-        self.reset = self.runtime.get_signature_runner("reset")
-        self.step = self.runtime.get_signature_runner("step")
+        self.masked = image_every_step or "start" not in self.runtime.get_signature_list()
+        self.runners = {
+            name: self.runtime.get_signature_runner(name)
+            for name in (("reset", "step") if self.masked else ("start", "advance"))
+        }
         self.image = image[None].astype("float32")
         self.count = 0
         self.per = 1
 
     def invoke(self):
-        if self.count % FLAGS.timesteps == 0:
-            self.reset()
+        new_window = self.count % FLAGS.timesteps == 0
         self.count += 1
-        self.step(image=self.image)
+        if self.masked:
+            if new_window:
+                self.runners["reset"]()
+            self.runners["step"](image=self.image)
+        elif new_window:
+            self.runners["start"](image=self.image)
+        else:
+            self.runners["advance"]()
 
 
 def main(argv: list[str]) -> None:
@@ -126,7 +137,12 @@ def main(argv: list[str]) -> None:
         for batch in map(int, FLAGS.batch_sizes):
             for kind in ("qann_float", "snn_full"):
                 runners[(version, kind, batch)] = _Single(paths[kind], batch, image)
-        runners[(version, "snn_step", 1)] = _Stream(paths["snn_step"], image)
+        stream = _Stream(paths["snn_step"], image, image_every_step=False)
+        if not stream.masked:  # files from before `start` / `advance` have only the masked way
+            runners[(version, "snn_step start/advance", 1)] = stream
+        runners[(version, "snn_step reset/step", 1)] = _Stream(
+            paths["snn_step"], image, image_every_step=True
+        )
     for runner in runners.values():  # warm up (XNNPACK packs weights on first use)
         for _ in range(3):
             runner.invoke()

@@ -54,7 +54,7 @@ def test_every_kind_uses_builtin_ops_only(exported):
         assert not [op for op in ops if op.startswith("CUSTOM") or "FLEX" in op.upper()], ops
     assert "FLOOR" in files["qann_float"].operators  # the quantizer is really in the graph
     assert "VAR_HANDLE" in files["snn_step"].operators
-    assert files["snn_step"].signatures == ["reset", "step"]
+    assert files["snn_step"].signatures == ["reset", "step", "start", "advance"]
 
 
 def test_qann_float_equals_the_qat_model(exported):
@@ -78,6 +78,50 @@ def test_streaming_steps_equal_simulate_and_the_full_window(exported):
     _close(per_step, simulation.logits)
     np.testing.assert_array_equal(spikes, simulation.spikes_per_step())
     _close(per_step[:, -1], export_runtime.predict(files["snn_full"].path, x))
+    # reset/step (the image at every step, masked after step 0) is another graph of the same
+    # operations: LiteRT may fuse it differently (measured: logits 1 ulp apart), hence the
+    # float tolerance; the spikes are equal.
+    masked, masked_spikes = export_runtime.stream(
+        files["snn_step"].path, x, TIMESTEPS, image_every_step=True
+    )
+    _close(per_step, masked)
+    np.testing.assert_array_equal(spikes, masked_spikes)
+
+
+def test_start_begins_a_new_window_whatever_came_before(exported):
+    *_, x, files = exported
+    runtime = export_runtime.interpreter(files["snn_step"].path)
+    start, advance = runtime.get_signature_runner("start"), runtime.get_signature_runner("advance")
+    fresh = [start(image=x[:1])] + [advance() for _ in range(3)]
+    assert [int(out["step"]) for out in fresh] == [1, 2, 3, 4]
+    start(image=x[1:2])  # another image's window, left half-way
+    advance()
+    again = [start(image=x[:1])] + [advance() for _ in range(3)]
+    np.testing.assert_array_equal(
+        np.stack([out["logits"] for out in fresh]), np.stack([out["logits"] for out in again])
+    )
+    assert [int(out["step"]) for out in again] == [1, 2, 3, 4]
+    # A non-finite image gives NaN logits at every step, as the QANN does, although
+    # `advance` never sees the image (the readout keeps its mark in the state).
+    broken = x[:1].copy()
+    broken.flat[0] = np.nan
+    poisoned = [start(image=broken)] + [advance() for _ in range(2)]
+    assert all(np.isnan(out["logits"]).all() for out in poisoned)
+
+
+def test_rate_coded_streaming_keeps_the_constant_input_without_the_image(tmp_path):
+    """The rate baseline's input arrives at every step; `advance` takes no image, so the
+    value computed by `start` is carried in the state."""
+    model = flatten_model(5)
+    x = images(6, model.input_shape[1:], seed=5)
+    qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=x)
+    snn = qffs_tf.convert(qat, timesteps=TIMESTEPS, neuron="rate")
+    path = export.export_tflite(snn, tmp_path / "rate_step.tflite", "snn_step").path
+    per_step, spikes = export_runtime.stream(path, x, TIMESTEPS)
+    simulation = qffs_tf.simulate(snn, x)
+    _close(per_step, simulation.logits)
+    np.testing.assert_array_equal(spikes, simulation.spikes_per_step())
+    assert spikes[:, 1:].sum() > 0  # the input keeps driving spikes after step 0
 
 
 def test_reset_restores_the_initial_state_exactly(exported):
@@ -92,7 +136,8 @@ def test_reset_restores_the_initial_state_exactly(exported):
     reset()
     other = step(image=x[1:2])["logits"]  # step 0 really uses the new image
     np.testing.assert_array_equal(
-        other, export_runtime.stream(files["snn_step"].path, x[1:2], 1)[0][:, 0]
+        other,
+        export_runtime.stream(files["snn_step"].path, x[1:2], 1, image_every_step=True)[0][:, 0],
     )
 
 

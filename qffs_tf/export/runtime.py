@@ -2,7 +2,8 @@
 
 `predict` runs a single-signature file (QANN kinds, snn_full) on a batch of float images and
 returns float logits (int8 files are quantized/dequantized at the boundary). `stream` runs a
-snn_step file: `reset`, then `step` T times, and returns the logits after every step.
+snn_step file for T steps (`start` then `advance`, or `reset` then `step` with the image at
+every step) and returns the logits after every step.
 """
 
 from __future__ import annotations
@@ -82,22 +83,32 @@ def stream(
     images: np.ndarray,
     timesteps: int,
     num_threads: int | None = None,
+    image_every_step: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run a snn_step file for `timesteps` steps per batch.
+
+    By default `start(image)` then `advance()` (the image's layers run once); with
+    `image_every_step`, or for files exported before `start` existed, `reset()` then
+    `step(image)` at every step. Both give the same numbers.
 
     Returns the logits after every step, (N, T, classes), and the spikes emitted in every
     step, (N, T). The file's fixed batch size sets the chunk size (the last chunk is padded).
     """
     images = np.asarray(images, np.float32)
     runtime = interpreter(path, num_threads)
-    reset = runtime.get_signature_runner("reset")
-    step = runtime.get_signature_runner("step")
-    size = int(step.get_input_details()["image"]["shape"][0])
+    masked = image_every_step or "start" not in runtime.get_signature_list()
+    first = runtime.get_signature_runner("reset" if masked else "start")
+    step = runtime.get_signature_runner("step" if masked else "advance")
+    size = int(runtime.get_signature_runner("step").get_input_details()["image"]["shape"][0])
     logits, spikes = [], []
     for start in range(0, len(images), size):
-        chunk = images[start : start + size]
-        reset()
-        per_step = [step(image=_pad(chunk, size)) for _ in range(timesteps)]
-        logits.append(np.stack([out["logits"][: len(chunk)] for out in per_step], axis=1))
-        spikes.append(np.stack([out["spikes"][: len(chunk)] for out in per_step], axis=1))
+        count = len(images[start : start + size])
+        chunk = _pad(images[start : start + size], size)
+        if masked:
+            first()
+            per_step = [step(image=chunk) for _ in range(timesteps)]
+        else:
+            per_step = [first(image=chunk)] + [step() for _ in range(timesteps - 1)]
+        logits.append(np.stack([out["logits"][:count] for out in per_step], axis=1))
+        spikes.append(np.stack([out["spikes"][:count] for out in per_step], axis=1))
     return np.concatenate(logits), np.concatenate(spikes)

@@ -8,8 +8,12 @@ Four kinds of file:
   approximation of the b-bit rounding: see `_quantizer_int8`). Kernels come from the IR, i.e.
   tfmot's fake-quantized int8 kernels when the model was trained with weight_bits=8.
 - "snn_full": the SNN over a fixed window of T steps, unrolled: image in, logits after T out.
-- "snn_step": the SNN as a streaming model with its state in resource variables; signatures
-  `reset` (initial state) and `step` (one time step: logits so far, spikes in that step).
+- "snn_step": the SNN as a streaming model with its state in resource variables. Two ways to
+  run it, with the same numbers: `start(image)` (step 0 from the initial state) then
+  `advance()` for each further step, which never recomputes the layers on the image (the
+  fast way); or `reset()` then `step(image)` at every step, for a caller that feeds the
+  image every time (the image's layers then run at every step, masked after step 0). Each
+  returns the logits so far, the spikes in that step and the step count.
 
 The tfmot QAT model itself is never converted: its quantizer initialises lazily through a
 tf.cond with variable assigns, which is training machinery, not inference.
@@ -38,6 +42,7 @@ __all__ = ["KINDS", "ExportResult", "export_tflite", "operator_names", "check_bu
 
 KINDS = ("qann_float", "qann_int8", "snn_full", "snn_step")
 DEFAULT_TIMESTEPS = 8
+STREAMING_SIGNATURES = ("reset", "step", "start", "advance")
 MAX_CALIBRATION_SAMPLES = 512
 
 
@@ -131,7 +136,8 @@ class _Untracked:
 
 
 class _StreamingSNN(tf.Module):
-    """The program's state in variables, with `reset` and `step` functions to export."""
+    """The program's state in variables, with the streaming functions to export (see the module
+    docstring: `start` / `advance`, `reset` / `step`)."""
 
     def __init__(self, snn: keras.Model, batch_size: int):
         super().__init__(name="snn_step")
@@ -150,6 +156,7 @@ class _StreamingSNN(tf.Module):
             for name, values in self.initial.items()
         }
         self.t = tf.Variable(0, dtype=tf.int32, trainable=False, name="step_counter")
+        self.batch_size = int(batch_size)
         image = tf.TensorSpec([batch_size, *self.shape], tf.float32, name="image")
 
         # The TFLite signature keys are the Python names of these functions.
@@ -159,8 +166,16 @@ class _StreamingSNN(tf.Module):
         def step(image):
             return self._step_fn(image)
 
+        def start(image):
+            return self._start_fn(image)
+
+        def advance():
+            return self._advance_fn()
+
         self.reset = tf.function(reset, input_signature=[], autograph=False)
         self.step = tf.function(step, input_signature=[image], autograph=False)
+        self.start = tf.function(start, input_signature=[image], autograph=False)
+        self.advance = tf.function(advance, input_signature=[], autograph=False)
 
     def _reset_fn(self):
         for name, variables in self.state.items():
@@ -170,11 +185,29 @@ class _StreamingSNN(tf.Module):
         return {"step": tf.identity(self.t.read_value())}
 
     def _step_fn(self, image):
-        program = self._program.value
+        """Any step, the image given every time: step 0 is told apart by a mask (no control
+        flow), so the static part (the layers on the image) runs, masked, at every step."""
         first = tf.cast(tf.equal(self.t, 0), tf.float32)
-        state = {
-            name: [v.read_value() for v in variables] for name, variables in self.state.items()
+        return self._run(image, self._read(), first)
+
+    def _start_fn(self, image):
+        """Step 0 from the initial state: the static part runs here, once."""
+        initial = {
+            name: [tf.constant(value) for value in values] for name, values in self.initial.items()
         }
+        self.t.assign(0)
+        return self._run(image, initial, True)
+
+    def _advance_fn(self):
+        """The next step without the image: the "once" coding delivers nothing after step 0,
+        and the "constant" coding's value is in the state (ToTemporal keeps it)."""
+        return self._run(None, self._read(), False)
+
+    def _read(self) -> dict:
+        return {name: [v.read_value() for v in variables] for name, variables in self.state.items()}
+
+    def _run(self, image, state: dict, first):
+        program = self._program.value
         values, new_state = program.step(image, state, first, arithmetic=True)
         for name, variables in self.state.items():
             for variable, value in zip(variables, new_state[name], strict=True):
@@ -182,7 +215,7 @@ class _StreamingSNN(tf.Module):
         step = self.t.assign_add(1)
         spikes = _spike_total(program, values)
         if spikes is None:
-            spikes = tf.zeros([tf.shape(image)[0]], tf.int32)
+            spikes = tf.zeros([self.batch_size], tf.int32)
         return {
             "logits": tf.identity(values[program.readout.name]),
             "spikes": spikes,
@@ -359,7 +392,9 @@ def export_tflite(
       has int8 input/output tensors unless `int8_io=False` (float in/out, int8 inside).
     - kind="snn_full": `model` is an SNN from `qffs_tf.convert` (or a QAT model, converted
       here); runs `timesteps` steps (default: the SNN's own) and returns the final logits.
-    - kind="snn_step": streaming model with signatures `reset` and `step`.
+    - kind="snn_step": streaming model with signatures `start(image)` and `advance()` (step
+      0, then one step each; the image's layers run once), and `reset()` and `step(image)`
+      (the image at every step).
     `batch_size` fixes the batch dimension (default: dynamic for all kinds except snn_step,
     which holds its state in variables and defaults to 1). The file is written atomically;
     on any failure `path` is left untouched and ExportError says why.
@@ -403,15 +438,14 @@ def export_tflite(
                 snn = _snn_for(model, timesteps)
                 module = _StreamingSNN(snn, batch)
                 functions = [
-                    module.reset.get_concrete_function(),
-                    module.step.get_concrete_function(),
+                    getattr(module, name).get_concrete_function() for name in STREAMING_SIGNATURES
                 ]
 
                 def resources(converter):
                     converter.experimental_enable_resource_variables = True
 
                 content = _convert(kind, functions, module, resources)
-                signatures = ["reset", "step"]
+                signatures = list(STREAMING_SIGNATURES)
     except QFFSError as e:
         if isinstance(e, ExportError):
             raise

@@ -672,7 +672,8 @@ class Readout(SpikingLayer, keras.layers.Layer):
     activation (softmax and other monotone heads; "linear" for logits).
 
     Its inputs are the logits per step and the image: an image with NaN or Inf values gives
-    NaN outputs, as the QANN does.
+    NaN outputs, as the QANN does. In one-step mode the image may be None after the step that
+    received it (its mark is kept in the state).
 
     Example
     -------
@@ -689,9 +690,15 @@ class Readout(SpikingLayer, keras.layers.Layer):
         logits, image = inputs
         return self.activation(logits[:, -1] + _poison(image))
 
+    def initial_state(self, batch_size, dtype=tf.float32):
+        # The image's mark (0, or NaN for a non-finite image), kept for steps that do not
+        # receive the image (the streaming program's `advance`).
+        return [tf.zeros(tf.concat([[batch_size], [1]], 0), dtype)]
+
     def step(self, inputs, state, first, arithmetic: bool = False):
         logits, image = inputs
-        return self.activation(logits + _poison(image)), state
+        mark = state[0] if image is None else _poison(image)
+        return self.activation(logits + mark), [mark]
 
     def get_config(self):
         config = super().get_config()

@@ -66,19 +66,26 @@ def _time_single(path: str, image) -> dict[str, float]:
     return _stats(seconds)
 
 
-def _time_steps(path: str, image, timesteps: int) -> dict[str, float]:
-    """Per-step latency of a snn_step file (reset every `timesteps` steps, not timed)."""
+def _time_steps(path: str, image, timesteps: int, image_every_step: bool) -> dict[str, float]:
+    """Per-step latency of a snn_step file over windows of `timesteps` steps: `start` then
+    `advance` (every step timed), or `reset` (not timed) then `step(image)` at every step."""
     from qffs_tf.export import runtime as export_runtime
 
     runtime = export_runtime.interpreter(path, FLAGS.num_threads)
-    reset, step = runtime.get_signature_runner("reset"), runtime.get_signature_runner("step")
+    runners = {name: runtime.get_signature_runner(name) for name in runtime.get_signature_list()}
     value = image[None].astype("float32")
     seconds = []
     for i in range(FLAGS.warmup + FLAGS.runs):
-        if i % timesteps == 0:
-            reset()
+        new_window = i % timesteps == 0
+        if image_every_step and new_window:
+            runners["reset"]()
         start = time.perf_counter()
-        step(image=value)
+        if image_every_step:
+            runners["step"](image=value)
+        elif new_window:
+            runners["start"](image=value)
+        else:
+            runners["advance"]()
         if i >= FLAGS.warmup:
             seconds.append(time.perf_counter() - start)
     return _stats(seconds)
@@ -131,7 +138,9 @@ def _benchmark(argv: list[str]) -> None:
         add(f"snn_full T={t}", path, _time_single(path, image), timesteps=t)
     path = os.path.join(bench_dir, "snn_step.tflite")
     export_tflite(snn, path, "snn_step", batch_size=1)
-    add("snn_step (per step)", path, _time_steps(path, image, FLAGS.max_timesteps))
+    for label, every_step in (("start/advance", False), ("reset/step", True)):
+        stats = _time_steps(path, image, FLAGS.max_timesteps, every_step)
+        add(f"snn_step {label} (per step)", path, stats)
 
     out = FLAGS.out or os.path.join(tflite_dir, "benchmark")
     setup = {"num_threads": FLAGS.num_threads, "warmup": FLAGS.warmup, "runs": FLAGS.runs}
