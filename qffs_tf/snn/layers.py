@@ -25,7 +25,7 @@ from qffs_tf.snn.base import (
     running_sum,
     static_part,
     unfold_time,
-    worth_fusing,
+    worth_skipping,
 )
 
 LINEAR_KINDS = ("conv2d", "depthwise_conv2d", "dense", "conv2d_transpose")
@@ -290,7 +290,7 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
             if bias is not None:
                 raise ValueError(f"{self.name}: a bias needs an input tensor to take its shape")
             return None, state
-        if arithmetic or not worth_fusing(inputs.shape[1:].num_elements()):
+        if arithmetic or not worth_skipping(inputs.shape[1:].num_elements()):
             y = self.linear(inputs)  # no control flow (TFLite), or little to skip
         else:  # skip the op when this step's input is zero for the whole batch
             y = tf.cond(
@@ -543,9 +543,9 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
         counts, previous = state
         steps = inputs.shape[1]
         size = inputs.shape[2:].num_elements()
-        if steps is None or steps > MAX_UNROLLED_STEPS or not worth_fusing(size):
+        if steps is None or steps > MAX_UNROLLED_STEPS or not worth_skipping(size):
             # One pass over the whole window: long windows (one conditional per step would
-            # cost more to trace than it saves) and small inputs (little to skip).
+            # cost more to trace than it saves), inside XLA and small inputs (`worth_skipping`).
             out, counts, previous = fused(_temporal_max_pool, size)(
                 inputs,
                 counts,
@@ -586,7 +586,7 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
         if inputs is None:  # unchanged counts: unchanged max
             return None, state
         counts, previous = state
-        if arithmetic or not worth_fusing(inputs.shape[1:].num_elements()):
+        if arithmetic or not worth_skipping(inputs.shape[1:].num_elements()):
             counts, pooled = self._advance(counts, inputs)  # no control flow, or little to skip
         else:
             counts, pooled = tf.cond(
