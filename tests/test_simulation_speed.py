@@ -192,6 +192,6 @@ def test_fused_and_plain_passes_give_the_same_run():
     for fused_run, plain_run in zip(runs["fused"], runs["plain"], strict=True):
         assert_same_run(fused_run, plain_run)
     assert runs["plain"][0].spikes_per_step().sum() > 0
-    with pytest.raises(ValueError, match="min_elements"):
+    with pytest.raises(InvalidArgumentError, match="min_elements"):
         with qffs_tf.snn.fusion_threshold(-1):
             pass

@@ -35,6 +35,7 @@ import functools
 from collections.abc import Iterator
 
 from qffs_tf._keras import tf
+from qffs_tf.errors import InvalidArgumentError
 
 MAX_UNROLLED_STEPS = 16
 """Longest window that is unrolled (one neuron update, or one max-pool conditional, per
@@ -72,7 +73,7 @@ def fusion_threshold(min_elements: int) -> Iterator[None]:
 
     Raises
     ------
-    ValueError
+    InvalidArgumentError
         If `min_elements` is negative.
 
     Example
@@ -81,7 +82,9 @@ def fusion_threshold(min_elements: int) -> Iterator[None]:
     ...     result = simulate(snn, images, timesteps=8)
     """
     if min_elements < 0:
-        raise ValueError(f"fusion_threshold: min_elements must be >= 0, got {min_elements}")
+        raise InvalidArgumentError(
+            f"fusion_threshold: min_elements must be >= 0 (0 fuses every pass), got {min_elements}."
+        )
     previous = _fusion["min_elements"]
     _fusion["min_elements"] = int(min_elements)
     try:
