@@ -87,34 +87,28 @@ class _Single:
 
 
 class _Stream:
-    """A snn_step file: invoke() runs one step of a T-step window. `start` then `advance`
-    (the image's layers once per window), or with `image_every_step` `reset` (every T steps)
-    then `step(image)`; the mean over a window's steps is what a device pays per step."""
+    """A snn_step file: invoke() runs one step of a T-step window (`StreamingRunner`: `start`
+    then `advance`, or with `image_every_step` `reset` then `step(image)`, the reset timed
+    with the window's first step); the mean over a window's steps is what a device pays per
+    step."""
 
     def __init__(self, path: str, image, image_every_step: bool):
         from qffs_tf.export import runtime
 
-        self.runtime = runtime.interpreter(path, FLAGS.num_threads)
-        self.masked = image_every_step or "start" not in self.runtime.get_signature_list()
-        self.runners = {
-            name: self.runtime.get_signature_runner(name)
-            for name in (("reset", "step") if self.masked else ("start", "advance"))
-        }
+        self.runner = runtime.StreamingRunner(
+            runtime.interpreter(path, FLAGS.num_threads), image_every_step
+        )
+        self.masked = self.runner.masked
         self.image = image[None].astype("float32")
         self.count = 0
         self.per = 1
 
     def invoke(self):
-        new_window = self.count % FLAGS.timesteps == 0
+        t = self.count % FLAGS.timesteps
         self.count += 1
-        if self.masked:
-            if new_window:
-                self.runners["reset"]()
-            self.runners["step"](image=self.image)
-        elif new_window:
-            self.runners["start"](image=self.image)
-        else:
-            self.runners["advance"]()
+        if t == 0:
+            self.runner.begin_window()
+        self.runner.step(t, self.image)
 
 
 def main(argv: list[str]) -> None:

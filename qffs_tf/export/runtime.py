@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-__all__ = ["interpreter", "predict", "stream", "input_batch_size"]
+__all__ = ["interpreter", "predict", "stream", "input_batch_size", "StreamingRunner"]
 
 _CHUNK = 256
 
@@ -78,6 +78,49 @@ def predict(
     return np.concatenate(results)
 
 
+class StreamingRunner:
+    """One way of running a snn_step file's windows, for callers that step it themselves.
+
+    By default `start(image)` runs step 0 and `advance()` each further step (the image's
+    layers run once per window); with `image_every_step`, or for files exported before
+    `start` existed, `reset()` begins a window and `step(image)` runs every step. Both give
+    the same numbers.
+
+    Parameters
+    ----------
+    runtime : Interpreter
+        From `interpreter(path)` on a snn_step file.
+    image_every_step : bool
+        Use `reset` / `step(image)` even where `start` / `advance` exist.
+
+    Example
+    -------
+    >>> runner = StreamingRunner(interpreter("snn_step.tflite"))
+    >>> runner.begin_window()
+    >>> outputs = [runner.step(t, image) for t in range(8)]
+    """
+
+    def __init__(self, runtime, image_every_step: bool = False):
+        self.masked = image_every_step or "start" not in runtime.get_signature_list()
+        names = ("reset", "step") if self.masked else ("start", "advance")
+        self._begin, self._next = (runtime.get_signature_runner(name) for name in names)
+        step = runtime.get_signature_runner("step")
+        self.batch_size = int(step.get_input_details()["image"]["shape"][0])
+
+    def begin_window(self) -> None:
+        """Before step 0 of a window: `reset` in the image-every-step way, nothing otherwise
+        (`start` begins the window itself)."""
+        if self.masked:
+            self._begin()
+
+    def step(self, t: int, image: np.ndarray) -> dict:
+        """Step `t` of the current window on `image` (batch of the file's size); the file's
+        outputs (logits so far, spikes in this step, step count)."""
+        if self.masked:
+            return self._next(image=image)
+        return self._begin(image=image) if t == 0 else self._next()
+
+
 def stream(
     path: str | os.PathLike,
     images: np.ndarray,
@@ -85,30 +128,21 @@ def stream(
     num_threads: int | None = None,
     image_every_step: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run a snn_step file for `timesteps` steps per batch.
-
-    By default `start(image)` then `advance()` (the image's layers run once); with
-    `image_every_step`, or for files exported before `start` existed, `reset()` then
-    `step(image)` at every step. Both give the same numbers.
+    """Run a snn_step file for `timesteps` steps per batch (see `StreamingRunner` for the two
+    ways, chosen by `image_every_step`; both give the same numbers).
 
     Returns the logits after every step, (N, T, classes), and the spikes emitted in every
     step, (N, T). The file's fixed batch size sets the chunk size (the last chunk is padded).
     """
     images = np.asarray(images, np.float32)
-    runtime = interpreter(path, num_threads)
-    masked = image_every_step or "start" not in runtime.get_signature_list()
-    first = runtime.get_signature_runner("reset" if masked else "start")
-    step = runtime.get_signature_runner("step" if masked else "advance")
-    size = int(runtime.get_signature_runner("step").get_input_details()["image"]["shape"][0])
+    runner = StreamingRunner(interpreter(path, num_threads), image_every_step)
+    size = runner.batch_size
     logits, spikes = [], []
     for start in range(0, len(images), size):
         count = len(images[start : start + size])
         chunk = _pad(images[start : start + size], size)
-        if masked:
-            first()
-            per_step = [step(image=chunk) for _ in range(timesteps)]
-        else:
-            per_step = [first(image=chunk)] + [step() for _ in range(timesteps - 1)]
+        runner.begin_window()
+        per_step = [runner.step(t, chunk) for t in range(timesteps)]
         logits.append(np.stack([out["logits"][:count] for out in per_step], axis=1))
         spikes.append(np.stack([out["spikes"][:count] for out in per_step], axis=1))
     return np.concatenate(logits), np.concatenate(spikes)

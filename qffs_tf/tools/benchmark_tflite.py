@@ -71,21 +71,17 @@ def _time_steps(path: str, image, timesteps: int, image_every_step: bool) -> dic
     `advance` (every step timed), or `reset` (not timed) then `step(image)` at every step."""
     from qffs_tf.export import runtime as export_runtime
 
-    runtime = export_runtime.interpreter(path, FLAGS.num_threads)
-    runners = {name: runtime.get_signature_runner(name) for name in runtime.get_signature_list()}
+    runner = export_runtime.StreamingRunner(
+        export_runtime.interpreter(path, FLAGS.num_threads), image_every_step
+    )
     value = image[None].astype("float32")
     seconds = []
     for i in range(FLAGS.warmup + FLAGS.runs):
-        new_window = i % timesteps == 0
-        if image_every_step and new_window:
-            runners["reset"]()
+        t = i % timesteps
+        if t == 0:
+            runner.begin_window()
         start = time.perf_counter()
-        if image_every_step:
-            runners["step"](image=value)
-        elif new_window:
-            runners["start"](image=value)
-        else:
-            runners["advance"]()
+        runner.step(t, value)
         if i >= FLAGS.warmup:
             seconds.append(time.perf_counter() - start)
     return _stats(seconds)
