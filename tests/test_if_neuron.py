@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import qffs_tf
 from qffs_tf._keras import tf
 from qffs_tf.snn import NeuronCell
 
@@ -64,3 +65,48 @@ def test_plain_if_gets_a_measurable_fraction_wrong():
     # comparable figure. Without negative spikes a neuron can only overshoot.
     assert 0.6 < correct < 0.95
     assert (counts >= expected).all()
+
+
+def edge_membranes(theta: float) -> np.ndarray:
+    """float32 membranes at and around every boundary of the rule, plus random ones."""
+    t = np.float32(theta)
+    f32 = np.float32
+    edges = [
+        t,
+        np.nextafter(t, f32(np.inf)),
+        np.nextafter(t, f32(-np.inf)),
+        f32(0.0),
+        f32(-0.0),
+        np.nextafter(f32(0.0), f32(1.0)),  # the smallest subnormal
+        np.nextafter(f32(0.0), f32(-1.0)),
+        t / 2,
+        -t,
+        f32(1e30),
+        f32(-1e30),
+        f32(np.inf),
+        f32(-np.inf),
+    ]
+    rng = np.random.default_rng(int(theta * 100))
+    return np.concatenate([edges, rng.uniform(-3 * t, 3 * t, 200).astype(np.float32)])
+
+
+@pytest.mark.parametrize("neuron_name", ["qffs", "plain_if", "rate"])
+@pytest.mark.parametrize("theta", [0.3, 1.0, 2.5, 7.0])
+def test_arithmetic_form_equals_comparisons(neuron_name, theta):
+    """TFLite runs the rule in floor/min/max form: it must give the same spikes and state as
+    the comparisons on every float32 membrane, boundaries included, for every count."""
+    neuron = qffs_tf.snn.get_neuron(neuron_name)
+    levels = 3
+    membrane = edge_membranes(theta)
+    membrane, count = (
+        np.repeat(membrane[:, None], levels + 1, axis=1),
+        np.tile(np.arange(levels + 1, dtype=np.float32), (len(membrane), 1)),
+    )
+    current = np.zeros_like(membrane)  # the membrane itself is the value under test
+    state = [tf.constant(membrane), tf.constant(count)]
+    plain = neuron.update(tf.constant(current), state, theta, levels)
+    arithmetic = neuron.update(tf.constant(current), state, theta, levels, arithmetic=True)
+    np.testing.assert_array_equal(arithmetic[0].numpy(), plain[0].numpy())
+    for got, want in zip(arithmetic[1], plain[1], strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    assert set(np.unique(plain[0].numpy())) <= {-1.0, 0.0, 1.0}

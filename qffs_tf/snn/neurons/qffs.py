@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qffs_tf._keras import tf
-from qffs_tf.snn.neurons.base import NeuronModel, indicator
+from qffs_tf.snn.neurons.base import NeuronModel
 from qffs_tf.snn.neurons.registry import register_neuron
 
 
@@ -29,12 +29,18 @@ class QFFSNeuron(NeuronModel):
         levels = tf.cast(levels, current.dtype)
         membrane = membrane + current
         if arithmetic:
-            # [v >= theta] = clip(floor(v - theta) + 1, 0, 1) (v - theta >= 0 exactly when
-            # v >= theta in IEEE arithmetic), [v < 0] = clip(-floor(v), 0, 1); counts are
-            # integers, so [n < L] = clip(L - n, 0, 1) and [n > 0] = clip(n, 0, 1).
-            spikes = indicator(tf.floor(membrane - theta) + 1.0) * indicator(levels - count)
+            # The same integer tests in floor/min/max, which XNNPACK runs (comparisons it does
+            # not), in few operators: relu(floor(v - theta) + 1) >= 1 exactly when v >= theta
+            # (v - theta >= 0 in IEEE arithmetic) and relu(-floor(v)) >= 1 exactly when v < 0.
+            # Counts are integers in [0, L], so min(., L - n) and min(., n) zero a test whose
+            # count condition fails; at most one of the two is non-zero, and their difference
+            # clipped to [-1, 1] is the spike.
+            up = tf.minimum(tf.nn.relu(tf.floor(membrane - theta) + 1.0), levels - count)
             if self.negative_spikes:
-                spikes -= indicator(-tf.floor(membrane)) * indicator(count)
+                down = tf.minimum(tf.nn.relu(-tf.floor(membrane)), count)
+                spikes = tf.clip_by_value(up - down, -1.0, 1.0)
+            else:
+                spikes = tf.minimum(up, 1.0)
         else:
             fire = tf.logical_and(membrane >= theta, count < levels)
             spikes = tf.cast(fire, current.dtype)
