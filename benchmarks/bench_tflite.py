@@ -2,7 +2,8 @@
 """TFLite (LiteRT + XNNPACK) latency of the QANN and both SNN programs, optionally A/B.
 
 Exports, for one model, `qann_float` and `snn_full` (dynamic batch) and `snn_step` (batch 1)
-with this checkout's `export_tflite` (and, with --baseline, with an earlier commit's too),
+with this checkout's `export_tflite` (and, with --baseline, with an earlier commit's too;
+with --int8_weights, the SNN files also with int8 weights, an approximation),
 then times them in interleaved rounds in one process: `qann_float` and `snn_full` per image
 at each batch size, `snn_step` per step at batch 1. The minimum over rounds of each block's
 median is reported, and every SNN time is also given relative to `qann_float` of the same
@@ -39,6 +40,9 @@ flags.DEFINE_integer("num_threads", 2, "Interpreter threads.", lower_bound=1)
 flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds.", lower_bound=1)
 flags.DEFINE_integer("invokes", 20, "Timed invocations per block (per round).", lower_bound=1)
 flags.DEFINE_string("baseline", None, "Also export and time an earlier commit's files.")
+flags.DEFINE_bool(
+    "int8_weights", True, "Also time this checkout's SNN files with int8 weights (approximate)."
+)
 flags.DEFINE_string("output", "benchmarks/results/tflite/latency", "Output prefix (.json, .md).")
 FLAGS = flags.FLAGS
 
@@ -56,13 +60,15 @@ def _qat_model(package):
     return package.quantize_model(model, 2, calibration_data=x)
 
 
-def _export(package, folder: str) -> dict[str, str]:
+def _export(package, folder: str, int8_weights: bool = False) -> dict[str, str]:
     qat = _qat_model(package)
     snn = package.convert(qat, FLAGS.timesteps)
     paths = {}
     for kind, model in (("qann_float", qat), ("snn_full", snn), ("snn_step", snn)):
         paths[kind] = os.path.join(folder, f"{kind}.tflite")
         options = {"timesteps": FLAGS.timesteps} if kind == "snn_full" else {}
+        if int8_weights and kind != "qann_float":
+            options["int8_weights"] = True
         package.export_tflite(model, paths[kind], kind, **options)
     return paths
 
@@ -121,6 +127,10 @@ def main(argv: list[str]) -> None:
 
         folder = tempfile.mkdtemp(prefix="qffs_tflite_")
         versions = {"after": _export(qffs_tf, os.path.join(folder, "after"))}
+        if FLAGS.int8_weights:
+            versions["after, int8 weights"] = _export(
+                qffs_tf, os.path.join(folder, "int8_weights"), int8_weights=True
+            )
         if FLAGS.baseline:
             base = baseline_package(FLAGS.baseline)
             versions["before"] = _export(base, os.path.join(folder, "before"))

@@ -15,6 +15,12 @@ Four kinds of file:
   image every time (the image's layers then run at every step, masked after step 0). Each
   returns the logits so far, the spikes in that step and the step count.
 
+The SNN kinds can also be written with int8 weights (`int8_weights=True`: the converter's
+dynamic-range quantization, float activations and state). That is faster on XNNPACK but an
+approximation: the weights are rounded to 8 bits per channel and the kernels quantize each
+layer's input on the fly, so currents move by a fraction of a percent and spikes near a
+threshold can change; parity reports it as such.
+
 The tfmot QAT model itself is never converted: its quantizer initialises lazily through a
 tf.cond with variable assigns, which is training machinery, not inference.
 """
@@ -55,6 +61,7 @@ class ExportResult:
     bytes: int
     operators: list[str]
     input_dtype: str
+    weights: str  # "float32", or "int8" (snn kinds with int8_weights=True, qann_int8)
     batch_size: int | None  # None: any batch (resize the input tensor before allocating)
     timesteps: int | None  # snn_full: steps in the window; None otherwise
     signatures: list[str]
@@ -315,6 +322,11 @@ def _convert(kind: str, functions: list, trackable=None, configure=None) -> byte
     return converter.convert()
 
 
+def _int8_weights(converter) -> None:
+    """Dynamic-range quantization: int8 weights, float activations and state."""
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
 def _quiet_converter():
     """Keep TF's and absl's conversion chatter (deprecation notes, INFO lines) off the console."""
     import logging
@@ -384,6 +396,7 @@ def export_tflite(
     representative_data: np.ndarray | None = None,
     calibration_samples: int = 256,
     int8_io: bool = True,
+    int8_weights: bool = False,
 ) -> ExportResult:
     """Export a QAT model (QANN kinds) or an SNN (SNN kinds) to a builtin-ops-only .tflite file.
 
@@ -395,12 +408,20 @@ def export_tflite(
     - kind="snn_step": streaming model with signatures `start(image)` and `advance()` (step
       0, then one step each; the image's layers run once), and `reset()` and `step(image)`
       (the image at every step).
-    `batch_size` fixes the batch dimension (default: dynamic for all kinds except snn_step,
-    which holds its state in variables and defaults to 1). The file is written atomically;
-    on any failure `path` is left untouched and ExportError says why.
+    `int8_weights=True` (SNN kinds only) stores the weights in int8 (dynamic-range
+    quantization): smaller and faster files that approximate the SNN (see the module
+    docstring). `batch_size` fixes the batch dimension (default: dynamic for all kinds
+    except snn_step, which holds its state in variables and defaults to 1). The file is
+    written atomically; on any failure `path` is left untouched and ExportError says why.
     """
     _check_kind(kind)
     _check_model(model, kind)
+    if int8_weights and not kind.startswith("snn"):
+        raise ExportError(
+            f"int8_weights applies to the SNN kinds (snn_full, snn_step), not '{kind}'; the "
+            "QANN with int8 weights is kind 'qann_int8'."
+        )
+    configure_weights = _int8_weights if int8_weights else None
     started = time.perf_counter()
     if timesteps is not None:
         timesteps = check_timesteps(timesteps)
@@ -433,7 +454,9 @@ def export_tflite(
                 shape = Program(snn).input_shape
                 owner = tf.Module()
                 owner.weights = list(snn.weights)  # not the Keras model: saving would trace it
-                content = _convert(kind, [_fixed_batch(function, shape, batch)], owner)
+                content = _convert(
+                    kind, [_fixed_batch(function, shape, batch)], owner, configure_weights
+                )
             else:
                 snn = _snn_for(model, timesteps)
                 module = _StreamingSNN(snn, batch)
@@ -443,6 +466,8 @@ def export_tflite(
 
                 def resources(converter):
                     converter.experimental_enable_resource_variables = True
+                    if configure_weights is not None:
+                        configure_weights(converter)
 
                 content = _convert(kind, functions, module, resources)
                 signatures = list(STREAMING_SIGNATURES)
@@ -459,6 +484,7 @@ def export_tflite(
         bytes=len(content),
         operators=operators,
         input_dtype="int8" if kind == "qann_int8" and int8_io else "float32",
+        weights="int8" if kind == "qann_int8" or int8_weights else "float32",
         batch_size=batch,
         timesteps=steps,
         signatures=signatures,

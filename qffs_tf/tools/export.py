@@ -46,6 +46,12 @@ def _define_flags() -> None:
     )
     flags.DEFINE_list("kinds", list(KINDS), f"Kinds to export, a subset of {','.join(KINDS)}.")
     flags.DEFINE_bool("int8_io", True, "qann_int8: int8 input/output tensors (else float32 I/O).")
+    flags.DEFINE_bool(
+        "snn_int8_weights",
+        False,
+        "snn_full, snn_step: int8 weights (dynamic-range quantization), faster on XNNPACK but "
+        "an approximation of the SNN; parity then reports accuracy, not exactness.",
+    )
     flags.DEFINE_integer(
         "step_batch_size", 1, "Fixed batch size of the streaming snn_step model.", lower_bound=1
     )
@@ -106,6 +112,7 @@ def _export_locked() -> int | None:
         kinds=kinds,
         step_batch_size=FLAGS.step_batch_size,
         int8_io=FLAGS.int8_io,
+        snn_int8_weights=FLAGS.snn_int8_weights,
     )
     export_seconds = time.perf_counter() - started
     parity = {}
@@ -127,6 +134,7 @@ def _export_locked() -> int | None:
                     "timesteps": result.timesteps,
                     "signatures": result.signatures,
                     "operators": result.operators,
+                    "weights": result.weights,
                 }
                 for kind, result in files.items()
             },
