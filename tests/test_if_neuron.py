@@ -110,3 +110,30 @@ def test_arithmetic_form_equals_comparisons(neuron_name, theta):
     for got, want in zip(arithmetic[1], plain[1], strict=True):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
     assert set(np.unique(plain[0].numpy())) <= {-1.0, 0.0, 1.0}
+
+
+@pytest.mark.parametrize("neuron_name", ["qffs", "plain_if"])
+@pytest.mark.parametrize("levels", [1, 3, 7])
+def test_without_input_a_neuron_is_quiet_after_quiet_within_steps(neuron_name, levels):
+    """The bound the engine relies on to skip the end of a window (exact only if it holds):
+    from any state, with no input, spikes come only in the first quiet_within(L) steps."""
+    neuron = qffs_tf.snn.get_neuron(neuron_name)
+    bound = neuron.quiet_within(levels)
+    assert bound == levels
+    rng = np.random.default_rng(levels)
+    membrane = rng.uniform(-3 * levels, 3 * levels, 5000).astype(np.float32)
+    count = rng.integers(0, levels + 1, 5000).astype(np.float32)
+    state = [tf.constant(membrane), tf.constant(count)]
+    zero = tf.zeros_like(state[0])
+    spikes = []
+    for _ in range(3 * levels + 2):
+        fired, state = neuron.update(zero, state, 1.0, levels)
+        spikes.append(fired.numpy())
+        if len(spikes) == bound:
+            settled = [s.numpy() for s in state]
+    spikes = np.stack(spikes)
+    assert np.abs(spikes[bound - 1]).sum() > 0  # tight: some neurons spike until the end
+    np.testing.assert_array_equal(spikes[bound:], 0.0)
+    for got, want in zip(state, settled, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert qffs_tf.snn.get_neuron("rate").quiet_within(levels) is None  # no cap: no bound

@@ -195,3 +195,33 @@ def test_fused_and_plain_passes_give_the_same_run():
     with pytest.raises(InvalidArgumentError, match="min_elements"):
         with qffs_tf.snn.fusion_threshold(-1):
             pass
+
+
+class _NoQuietBound(qffs_tf.snn.neurons.QFFSNeuron):
+    """QFFS without the quiet_within bound: the engine computes every step."""
+
+    name = "qffs_without_quiet_bound"
+
+    def quiet_within(self, levels):
+        return None
+
+
+qffs_tf.snn.register_neuron(_NoQuietBound)
+
+
+@pytest.mark.parametrize("timesteps", [3, 9, 20])  # shorter than, past, and past the unrolling
+def test_steps_after_the_quiet_bound_are_skipped_exactly(timesteps):
+    """The first neurons (static input, "once" coding) compute only the steps before their
+    quiet bound; the run equals the one that computes every step, whole and in chunks."""
+    model = every_layer_model(5)
+    x = images(8, model.input_shape[1:], 5)
+    qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=x)
+    skipping = qffs_tf.convert(qat, timesteps=timesteps)
+    computing = qffs_tf.convert(qat, timesteps=timesteps, neuron="qffs_without_quiet_bound")
+    reference = qffs_tf.simulate(computing, x, max_memory_mb=float("inf"))
+    program = Program(skipping)
+    state, per_step = memory_estimate(program, len(x))
+    for budget in (float("inf"), (state + 2 * per_step) / 2**20):  # whole, chunks of 2
+        assert_same_run(qffs_tf.simulate(skipping, x, max_memory_mb=budget), reference)
+    assert_same_run(qffs_tf.simulate(skipping, x, mode="stepwise"), reference)
+    assert reference.spikes_per_step().sum() > 0

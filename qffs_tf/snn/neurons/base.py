@@ -68,6 +68,16 @@ class NeuronModel:
         """
         raise NotImplementedError
 
+    def quiet_within(self, levels: int) -> int | None:
+        """A bound k: a neuron that receives no input spikes only in the first k steps and
+        then keeps its state, whatever its state was; None if the model gives no bound.
+
+        The engine then computes a window whose input arrives at its first step only for
+        k + 1 steps and knows the rest is zero (exact). The default, None, computes every
+        step.
+        """
+        return None
+
     def count(self, state: list[tf.Tensor]) -> tf.Tensor:
         """The net spike count held in the state."""
         return state[self.state_names.index("count")]

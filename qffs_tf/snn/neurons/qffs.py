@@ -48,6 +48,12 @@ class QFFSNeuron(NeuronModel):
                 spikes -= tf.cast(tf.logical_and(membrane < 0, count > 0), current.dtype)
         return spikes, [membrane - spikes * theta, count + spikes]
 
+    def quiet_within(self, levels: int) -> int:
+        # Without input, +1 spikes need v >= theta and n < L and leave v >= 0, so no -1 can
+        # follow; -1 spikes need v < 0 and n > 0 and leave v < theta, so no +1 can follow.
+        # One sign only, then: at most L - n or n steps, each moving n by one within [0, L].
+        return int(levels)
+
 
 @register_neuron
 class PlainIFNeuron(QFFSNeuron):
