@@ -137,24 +137,21 @@ def _format(row: dict) -> str:
 
 
 def _table(rows: list[dict]) -> str:
+    from qffs_tf.evaluation.reports import markdown_table
+
     modes = FLAGS.modes
-    lines = [
-        "| model | XLA | QANN ms before / after | "
-        + " | ".join(f"{mode} R before / after" for mode in modes)
-        + " |",
-        "|---|---|---:|" + "---:|" * len(modes),
-    ]
-    for row in rows:
-        cells = [
+    header = ["model", "XLA", "QANN ms before / after"]
+    header += [f"{mode} R before / after" for mode in modes]
+    cells = (
+        [
             row["model"],
             "on" if row["xla"] else "off",
             f"{row['before_qann_ms']:.1f} / {row['after_qann_ms']:.1f}",
+            *(f"{row[f'before_{m}_ratio']:.2f} / **{row[f'after_{m}_ratio']:.2f}**" for m in modes),
         ]
-        cells += [
-            f"{row[f'before_{m}_ratio']:.2f} / **{row[f'after_{m}_ratio']:.2f}**" for m in modes
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for row in rows
+    )
+    return markdown_table(header, cells, "ll" + "r" * (len(header) - 2))
 
 
 if __name__ == "__main__":

@@ -167,13 +167,13 @@ def _format_row(row: dict) -> str:
 
 
 def _table(rows: list[dict]) -> str:
+    from qffs_tf.evaluation.reports import markdown_table
+
     modes = [mode for mode in MODES if any(f"{mode}_ms" in row for row in rows)]
-    lines = [
-        "| model | XLA | T | QANN ms | "
-        + " | ".join(f"{mode} ms | ratio | peak MiB" for mode in modes)
-        + " |",
-        "|---|---|---:|---:|" + "---:|---:|---:|" * len(modes),
-    ]
+    header = ["model", "XLA", "T", "QANN ms"]
+    for mode in modes:
+        header += [f"{mode} ms", "ratio", "peak MiB"]
+    table = []
     for row in rows:
         cells = [
             row["model"],
@@ -190,8 +190,8 @@ def _table(rows: list[dict]) -> str:
                 ]
             else:
                 cells += ["-", "-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append(cells)
+    return markdown_table(header, table, "ll" + "r" * (len(header) - 2))
 
 
 if __name__ == "__main__":

@@ -124,6 +124,7 @@ def main(argv: list[str]) -> None:
 
         import qffs_tf
         from qffs_tf import io_utils
+        from qffs_tf.evaluation.reports import markdown_table
 
         folder = tempfile.mkdtemp(prefix="qffs_tflite_")
         versions = {"after": _export(qffs_tf, os.path.join(folder, "after"))}
@@ -190,14 +191,21 @@ def main(argv: list[str]) -> None:
         f"minimum over {FLAGS.rounds} interleaved rounds of the median of {FLAGS.invokes} "
         f"invocations; snn_full runs T = {FLAGS.timesteps}.",
         "",
-        "| version | file | batch | ms per image | x qann_float (same batch) |",
-        "|---|---|---:|---:|---:|",
+        markdown_table(
+            ["version", "file", "batch", "ms per image", "x qann_float (same batch)"],
+            (
+                [
+                    row["version"],
+                    row["model"],
+                    row["batch"],
+                    f"{row['ms_per_image']:.4f}",
+                    f"{row['relative_to_qann_float']:.2f}",
+                ]
+                for row in rows
+            ),
+            "llrrr",
+        ),
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['version']} | {row['model']} | {row['batch']} | {row['ms_per_image']:.4f} | "
-            f"{row['relative_to_qann_float']:.2f} |"
-        )
     table = "\n".join(lines) + "\n"
     io_utils.atomic_write_text(f"{FLAGS.output}.md", table)
     print(table + f"-> {FLAGS.output}.md, {FLAGS.output}.json")

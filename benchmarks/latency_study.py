@@ -167,11 +167,20 @@ def _at(result: dict, key: str, step: int | None) -> str:
 
 def table(results: list[dict]) -> str:
     """Markdown table: QFFS steps and accuracy beside the rate-coded SNN at the same T."""
-    rows = [
-        "| model | bits | L | QANN % | QFFS: full agreement from step | mean / max quiet step | "
-        "auto T | QFFS % at T = L / 2L / full agr. | rate % at T = L / 2L / full agr. / window |",
-        "|---|---:|---:|---:|---:|---|---:|---|---|",
+    from qffs_tf.evaluation.reports import markdown_table
+
+    header = [
+        "model",
+        "bits",
+        "L",
+        "QANN %",
+        "QFFS: full agreement from step",
+        "mean / max quiet step",
+        "auto T",
+        "QFFS % at T = L / 2L / full agr.",
+        "rate % at T = L / 2L / full agr. / window",
     ]
+    rows = []
     for r in results:
         steps = (r["levels"], 2 * r["levels"], r["first_full_agreement_step"])
         qffs = " / ".join(_at(r, "accuracy_per_step", t) for t in steps)
@@ -180,11 +189,19 @@ def table(results: list[dict]) -> str:
         if r["max_quiet_step"]:
             quiet = f"{r['mean_quiet_step']:.2f} / {r['max_quiet_step']}"
         rows.append(
-            f"| {r['model']} | {r['bits']} | {r['levels']} | {100 * r['qann_accuracy']:.1f} | "
-            f"{r['first_full_agreement_step']} | {quiet} | {r['auto_timesteps']} | {qffs} | "
-            f"{rate} (T={r['window']}) |"
+            [
+                r["model"],
+                r["bits"],
+                r["levels"],
+                f"{100 * r['qann_accuracy']:.1f}",
+                r["first_full_agreement_step"],
+                quiet,
+                r["auto_timesteps"],
+                qffs,
+                f"{rate} (T={r['window']})",
+            ]
         )
-    return "\n".join(rows)
+    return markdown_table(header, rows, "lrrrrlrll")
 
 
 def main(argv: list[str]) -> None:

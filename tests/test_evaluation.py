@@ -123,3 +123,14 @@ def test_tools_report_missing_models_in_one_line(tmp_path):
     assert "No QAT model" in result.stderr and "Traceback" not in result.stderr
     result = run_tool("bin/evaluate", f"--run_dir={tmp_path}")
     assert result.returncode == 2 and "bin/train" in result.stderr
+
+
+def test_markdown_table_aligns_columns_and_refuses_ragged_rows():
+    markdown_table = evaluation.reports.markdown_table
+    table = markdown_table(["model", "ms"], [["qann", "0.10"], ["snn", 1.5]], "lr")
+    lines = ["| model | ms |", "|---|---:|", "| qann | 0.10 |", "| snn | 1.5 |"]
+    assert table.splitlines() == lines
+    with pytest.raises(ValueError, match="a row has 1 cells for 2 columns"):
+        markdown_table(["model", "ms"], [["qann"]], "lr")
+    with pytest.raises(ValueError, match="align"):
+        markdown_table(["model", "ms"], [], "lx")

@@ -313,6 +313,16 @@ def test_qat_model_is_converted_for_the_snn_kinds(tmp_path):
     _close(export_runtime.predict(result.path, x[:20]), snn.predict(x[:20], verbose=0))
 
 
+def run_bin_export(qat, run_dir, *flags):
+    """bin/export on a run folder holding `qat` (mnist5k images); (process, report.json)."""
+    save_model(qat, run_dir / "qat_model.keras")
+    (run_dir / "report.json").write_text(json.dumps({"dataset": "mnist5k", "kept": 1}))
+    command = [sys.executable, os.path.join(ROOT, "bin", "export"), f"--run_dir={run_dir}"]
+    done = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done, json.loads((run_dir / "report.json").read_text())
+
+
 def test_bin_export_end_to_end(tmp_path):
     inp = keras.Input((28, 28, 1))
     y = keras.layers.Conv2D(3, 3, strides=2, name="c1")(inp)
@@ -323,19 +333,9 @@ def test_bin_export_end_to_end(tmp_path):
     model = keras.Model(inp, keras.layers.Dense(10, name="logits")(y))
     calibration = images(16, (28, 28, 1))
     qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=calibration)
-    save_model(qat, tmp_path / "qat_model.keras")
-    (tmp_path / "report.json").write_text(json.dumps({"dataset": "mnist5k", "kept": 1}))
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "bin", "export"),
-        f"--run_dir={tmp_path}",
-        "--timesteps=3",
-        "--parity_samples=16",
-        "--calibration_samples=16",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "report.json").read_text())
+    done, report = run_bin_export(
+        qat, tmp_path, "--timesteps=3", "--parity_samples=16", "--calibration_samples=16"
+    )
     assert report["kept"] == 1
     assert set(report["tflite_parity"]) == set(export.KINDS)
     assert set(report["tflite_files"]) == set(export.KINDS)
@@ -352,19 +352,9 @@ def test_bin_export_end_to_end(tmp_path):
 
 def test_bin_export_with_int8_snn_weights_reports_an_approximation(tmp_path):
     qat, _, _ = quadrant_case(28)  # 28x28: bin/export reads mnist5k test images
-    save_model(qat, tmp_path / "qat_model.keras")
-    (tmp_path / "report.json").write_text(json.dumps({"dataset": "mnist5k"}))
-    command = [
-        sys.executable,
-        os.path.join(ROOT, "bin", "export"),
-        f"--run_dir={tmp_path}",
-        "--kinds=snn_full",
-        "--snn_int8_weights",
-        "--parity_samples=8",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads((tmp_path / "report.json").read_text())
+    done, report = run_bin_export(
+        qat, tmp_path, "--kinds=snn_full", "--snn_int8_weights", "--parity_samples=8"
+    )
     assert report["tflite_files"]["snn_full"]["weights"] == "int8"
     assert report["tflite_parity"]["snn_full"]["passed"] is None
     assert "approx" in done.stdout

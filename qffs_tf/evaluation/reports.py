@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 
 import matplotlib
 
@@ -10,6 +11,48 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from qffs_tf.io_utils import atomic_path, atomic_write_text  # noqa: E402
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str) -> str:
+    """A markdown table: a header row, an alignment row and one row per entry.
+
+    Parameters
+    ----------
+    header : sequence of str
+        Column titles.
+    rows : iterable of sequences
+        Cells, already formatted (each is passed through `str`).
+    align : str
+        One letter per column: "l" left, "r" right.
+
+    Returns
+    -------
+    str
+        The table, without a trailing newline.
+
+    Raises
+    ------
+    ValueError
+        If `align` or a row does not have one entry per column.
+
+    Example
+    -------
+    >>> print(markdown_table(["model", "ms"], [["qann", "0.10"]], "lr"))
+    | model | ms |
+    |---|---:|
+    | qann | 0.10 |
+    """
+    if len(align) != len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align needs one of 'l'/'r' per column ({len(header)}), got {align!r}")
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "".join("---:|" if a == "r" else "---|" for a in align),
+    ]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a row has {len(row)} cells for {len(header)} columns: {row!r}")
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    return "\n".join(lines)
 
 
 def _percent(value) -> str:
@@ -30,14 +73,12 @@ def step_table(report: dict) -> str:
     """Accuracy and agreement per time step: the SNN beside the plain-IF ablation and the
     rate-coded baseline (markdown table; columns the report lacks are left out)."""
     columns = [(header, report[key]) for header, key in _COLUMNS if report.get(key)]
-    rows = [
-        "| step | " + " | ".join(header for header, _ in columns) + " |",
-        "|---:|" + "---:|" * len(columns),
-    ]
-    for step in range(1, report["timesteps"] + 1):
-        cells = " | ".join(_percent(values[step - 1]) for _, values in columns)
-        rows.append(f"| {step} | {cells} |")
-    return "\n".join(rows)
+    rows = (
+        [step, *(_percent(values[step - 1]) for _, values in columns)]
+        for step in range(1, report["timesteps"] + 1)
+    )
+    header = ["step", *(header for header, _ in columns)]
+    return markdown_table(header, rows, "r" * len(header))
 
 
 def _last(report: dict, key: str):
@@ -81,16 +122,21 @@ def markdown_report(report: dict) -> str:
     """The evaluation as markdown: headline numbers, the per-step table, spikes per layer."""
     layers = report["firing_rate_per_layer"]
     mismatches = report.get("count_mismatches_per_layer") or {}
-    layer_rows = [
-        "| layer | +spikes / image | -spikes / image | firing rate | mismatches |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for name, rate in layers.items():
-        spikes = report["spikes_per_layer"][name]
-        layer_rows.append(
-            f"| {name} | {spikes['positive']:.1f} | {spikes['negative']:.1f} | {rate:.4f} | "
-            f"{mismatches.get(name, '-')} |"
-        )
+    layer_rows = (
+        [
+            name,
+            f"{report['spikes_per_layer'][name]['positive']:.1f}",
+            f"{report['spikes_per_layer'][name]['negative']:.1f}",
+            f"{rate:.4f}",
+            mismatches.get(name, "-"),
+        ]
+        for name, rate in layers.items()
+    )
+    layer_table = markdown_table(
+        ["layer", "+spikes / image", "-spikes / image", "firing rate", "mismatches"],
+        layer_rows,
+        "lrrrr",
+    )
     return "\n".join(
         [
             "# QFFS evaluation",
@@ -110,7 +156,7 @@ def markdown_report(report: dict) -> str:
             "Mismatches: neurons whose final net spike count differs from the QANN's integer "
             "activation (zero for every sample that became quiet).",
             "",
-            *layer_rows,
+            layer_table,
             "",
             "![accuracy per step](plots/accuracy_per_step.png)",
             "![firing rates](plots/firing_rate_per_layer.png)",

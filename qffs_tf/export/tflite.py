@@ -112,15 +112,17 @@ def _spike_total(program: Program, values: dict) -> tf.Tensor:
     return total
 
 
+def _constants(state: dict) -> dict:
+    """A program state (layer name -> list of values) as constants of the exported graph."""
+    return {name: [tf.constant(np.asarray(v)) for v in values] for name, values in state.items()}
+
+
 def _snn_full_function(snn: keras.Model, timesteps: int):
     """Image in, readout after `timesteps` steps out: the program's step, unrolled."""
     program = Program(snn)
     shape = program.input_shape
     # Batch-1 constants that broadcast against the first step's inputs: no shape ops in TFLite.
-    initial = {
-        name: [tf.constant(np.asarray(value)) for value in values]
-        for name, values in program.initial_state(1).items()
-    }
+    initial = _constants(program.initial_state(1))
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, *shape], tf.float32, name="image")], autograph=False
@@ -199,11 +201,8 @@ class _StreamingSNN(tf.Module):
 
     def _start_fn(self, image):
         """Step 0 from the initial state: the static part runs here, once."""
-        initial = {
-            name: [tf.constant(value) for value in values] for name, values in self.initial.items()
-        }
         self.t.assign(0)
-        return self._run(image, initial, True)
+        return self._run(image, _constants(self.initial), True)
 
     def _advance_fn(self):
         """The next step without the image: the "once" coding delivers nothing after step 0,

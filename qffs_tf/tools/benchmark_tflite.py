@@ -105,6 +105,7 @@ def _benchmark(argv: list[str]) -> None:
         import numpy as np
 
         import qffs_tf
+        from qffs_tf.evaluation.reports import markdown_table
         from qffs_tf.export import export_tflite
         from qffs_tf.io_utils import atomic_write_text, write_json
 
@@ -145,14 +146,21 @@ def _benchmark(argv: list[str]) -> None:
         f"LiteRT interpreter (XNNPACK), batch 1, {FLAGS.num_threads} thread(s), "
         f"{FLAGS.warmup} warm-up + {FLAGS.runs} timed runs.",
         "",
-        "| model | size (KiB) | median (ms) | p10 (ms) | p90 (ms) |",
-        "|---|---:|---:|---:|---:|",
+        markdown_table(
+            ["model", "size (KiB)", "median (ms)", "p10 (ms)", "p90 (ms)"],
+            (
+                [
+                    row["model"],
+                    f"{row['bytes'] / 1024:.1f}",
+                    f"{row['median_ms']:.3f}",
+                    f"{row['p10_ms']:.3f}",
+                    f"{row['p90_ms']:.3f}",
+                ]
+                for row in rows
+            ),
+            "lrrrr",
+        ),
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['model']} | {row['bytes'] / 1024:.1f} | {row['median_ms']:.3f} | "
-            f"{row['p10_ms']:.3f} | {row['p90_ms']:.3f} |"
-        )
     table = "\n".join(lines) + "\n"
     atomic_write_text(f"{out}.md", table)
     print(table + f"-> {out}.md, {out}.json")

@@ -73,8 +73,22 @@ class NeuronModel:
         then keeps its state, whatever its state was; None if the model gives no bound.
 
         The engine then computes a window whose input arrives at its first step only for
-        k + 1 steps and knows the rest is zero (exact). The default, None, computes every
-        step.
+        k + 1 steps and knows the rest is zero (exact only if the bound holds).
+
+        Parameters
+        ----------
+        levels : int
+            L, the QANN activation's top level.
+
+        Returns
+        -------
+        int or None
+            The bound; the default, None, makes the engine compute every step.
+
+        Example
+        -------
+        >>> get_neuron("qffs").quiet_within(3)
+        3
         """
         return None
 
