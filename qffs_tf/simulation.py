@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import numpy as np
 
@@ -326,9 +327,12 @@ class _Simulator:
         neuron_names = set(readers) & {layer.name for layer in self.neuron_layers}
         for name, synapses in readers.items():
             tensor, signs = values[name], name in neuron_names
-            if tensor is None:  # nothing arrived: no operation
+            if tensor is None:  # nothing arrived (or quiet neurons): no spike, no operation
+                zeros = tf.zeros(tf.shape(out["logits"])[:lead], tf.int32)
+                if signs:
+                    out[f"pos/{name}"], out[f"neg/{name}"] = zeros, zeros
                 for synapse in synapses:
-                    out[f"sops/{synapse}"] = tf.zeros(tf.shape(out["logits"])[:lead], tf.float32)
+                    out[f"sops/{synapse}"] = tf.cast(zeros, tf.float32)
                 continue
             counts = _integer_statistics(tensor, [self.fanouts[s] for s in synapses], lead, signs)
             if signs:
@@ -366,8 +370,8 @@ class _Simulator:
     def initial_states(self, batch_size: int) -> dict[str, list[tf.Tensor]]:
         return self.program.initial_state(batch_size)
 
-    def _step(self, x, states, first: bool):
-        values, new_states = self.program.step(x, states, first)
+    def _step(self, x, states, first: bool, quiet: frozenset = frozenset()):
+        values, new_states = self.program.step(x, states, first, quiet=quiet)
         out = self._statistics(values, 1)
         quiet = tf.ones([tf.shape(x)[0]], tf.bool)
         for layer in self.neuron_layers:
@@ -385,18 +389,27 @@ class _Simulator:
             key: tf.TensorArray(value.dtype, size=self.steps - 1) for key, value in first.items()
         }
 
-        def body(t, state, arrays):
-            out, state = self._step(x, state, False)
-            return (
-                t + 1,
-                state,
-                {key: array.write(t - 1, out[key]) for key, array in arrays.items()},
-            )
+        def loop(start: int, stop: int, quiet: frozenset, state, arrays):
+            def body(t, state, arrays):
+                out, state = self._step(x, state, False, quiet)
+                return (
+                    t + 1,
+                    state,
+                    {key: array.write(t - 1, out[key]) for key, array in arrays.items()},
+                )
 
-        if self.steps > 1:
             _, state, arrays = tf.while_loop(
-                lambda t, *_: t < self.steps, body, (tf.constant(1), state, arrays)
+                lambda t, *_: t < stop, body, (tf.constant(start), state, arrays)
             )
+            return state, arrays
+
+        # One loop per stretch of steps with the same neuron layers known quiet (the ones fed
+        # once by the static value, from their bound on): those are not computed.
+        quiet_from = self.program.quiet_from
+        edges = sorted({1, self.steps, *(q for q in quiet_from.values() if 1 < q < self.steps)})
+        for start, stop in itertools.pairwise(edges):
+            quiet = frozenset(name for name, q in quiet_from.items() if q <= start)
+            state, arrays = loop(start, stop, quiet, state, arrays)
         out = {}
         for key, value in first.items():
             value = tf.expand_dims(value, 1)

@@ -212,7 +212,8 @@ qffs_tf.snn.register_neuron(_NoQuietBound)
 @pytest.mark.parametrize("timesteps", [3, 9, 20])  # shorter than, past, and past the unrolling
 def test_steps_after_the_quiet_bound_are_skipped_exactly(timesteps):
     """The first neurons (static input, "once" coding) compute only the steps before their
-    quiet bound; the run equals the one that computes every step, whole and in chunks."""
+    quiet bound (layerwise: zeros stand for the rest; stepwise: they are not run); the run
+    equals the one that computes every step, whole, in chunks and stepwise."""
     model = every_layer_model(5)
     x = images(8, model.input_shape[1:], 5)
     qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=x)
@@ -220,6 +221,7 @@ def test_steps_after_the_quiet_bound_are_skipped_exactly(timesteps):
     computing = qffs_tf.convert(qat, timesteps=timesteps, neuron="qffs_without_quiet_bound")
     reference = qffs_tf.simulate(computing, x, max_memory_mb=float("inf"))
     program = Program(skipping)
+    assert program.quiet_from and not Program(computing).quiet_from  # the path is taken
     state, per_step = memory_estimate(program, len(x))
     for budget in (float("inf"), (state + 2 * per_step) / 2**20):  # whole, chunks of 2
         assert_same_run(qffs_tf.simulate(skipping, x, max_memory_mb=budget), reference)

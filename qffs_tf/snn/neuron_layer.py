@@ -184,16 +184,16 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
         only, or at every step) without a (B, T, ...) tensor of its copies and zeros."""
         static = inputs.shape.rank == len(self.neuron_shape) + 1
         total = int(steps) if static else inputs.shape[1]
-        quiet = self._quiet_from() if static else None
+        quiet = self.quiet_from() if static else None
         if quiet is not None and start + total > quiet:
             # Steps from `quiet` on carry no spike and leave the state as it is: only the
             # ones before are computed, and zeros stand for the rest (the same numbers).
             computed = max(0, quiet - start)
+            if computed > 0:
+                outputs, state = self.window(inputs, state, start, computed)
+            else:  # the whole run is after the bound: no step to compute
+                outputs, state = tf.expand_dims(tf.zeros_like(state[0]), 1)[:, :0], list(state)
             padding = [[0, 0], [0, total - computed]] + [[0, 0]] * len(self.neuron_shape)
-            if computed == 0:
-                zeros = tf.zeros_like(tf.expand_dims(state[0], 1))
-                return tf.pad(zeros, [[0, 0], [0, total - 1]] + padding[2:]), list(state)
-            outputs, state = self.window(inputs, state, start, computed)
             return tf.pad(outputs, padding), state
         if total is None or total > MAX_UNROLLED_STEPS:
             # Unknown or long window: the generic RNN loop (XLA would compile one unrolled
@@ -219,10 +219,21 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
             state = _window_function(self.neuron, "state")(*args)
         return outputs, list(state)
 
-    def _quiet_from(self) -> int | None:
-        """The step from which neurons whose input is the static value, delivered at step 0
-        only (the "once" coding), spike no more, by the neuron model's `quiet_within`; or
-        None."""
+    def quiet_from(self) -> int | None:
+        """For neurons whose input is the static value, delivered at step 0 only (the "once"
+        coding): the step from which they spike no more and keep their state, by the neuron
+        model's `quiet_within`; None if the model gives no bound or codes differently.
+
+        Returns
+        -------
+        int or None
+            quiet_within(L) + 1 (step 0 brings the input, then at most L spikes).
+
+        Example
+        -------
+        >>> SpikingNeurons(NeuronCell("qffs", 0.5, 3, (4,))).quiet_from()
+        4
+        """
         if self.neuron.input_coding != "once":
             return None
         bound = self.neuron.quiet_within(self.levels)

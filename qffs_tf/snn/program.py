@@ -7,6 +7,8 @@ the semantics live in the layers and neuron models and nowhere else.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from qffs_tf._keras import keras, tf
 from qffs_tf.errors import ConversionError
 from qffs_tf.snn.base import SpikingLayer
@@ -89,6 +91,14 @@ class Program:
             isinstance(layer, ToTemporal) and layer.constant_input for layer in layers
         )
         self.direct_static = self._direct_static_inputs()
+        # Neuron layers fed by the static value alone, and the step from which they are quiet.
+        self.quiet_from = {
+            layer.name: layer.quiet_from()
+            for layer, inbound in self.graph
+            if isinstance(layer, SpikingNeurons)
+            and inbound[0] in self.direct_static
+            and layer.quiet_from() is not None
+        }
 
     def _direct_static_inputs(self) -> set[str]:
         """ToTemporal layers whose only readers are neuron layers of the same input coding:
@@ -250,7 +260,15 @@ class Program:
                 values[layer.name] = layer(inputs if len(inputs) > 1 else inputs[0])
         return values
 
-    def step(self, x, state: dict, first, arithmetic: bool = False, static: dict | None = None):
+    def step(
+        self,
+        x,
+        state: dict,
+        first,
+        arithmetic: bool = False,
+        static: dict | None = None,
+        quiet: Collection[str] = (),
+    ):
         """One time step over the graph.
 
         Parameters
@@ -269,6 +287,9 @@ class Program:
             The static part's values (`static_values`) computed by the caller, e.g. once per
             window; by default the static layers run here (at step 0 only when `first` is a
             bool, at every step, masked, when it is a tensor).
+        quiet : collection of str
+            Neuron layers the caller knows to be quiet at this step (from `quiet_from`):
+            their output is None (zero) and their state is kept, without computing them.
 
         Returns
         -------
@@ -292,6 +313,9 @@ class Program:
                     continue
                 present = (dynamic or first) and all(value is not None for value in inputs)
                 values[name] = layer(arg) if present else None
+                continue
+            if name in quiet:  # no spike, state kept: nothing to compute
+                values[name] = None
                 continue
             with tf.name_scope(name):
                 values[name], layer_state = layer.step(arg, state.get(name, []), first, arithmetic)
