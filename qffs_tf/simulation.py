@@ -370,8 +370,8 @@ class _Simulator:
     def initial_states(self, batch_size: int) -> dict[str, list[tf.Tensor]]:
         return self.program.initial_state(batch_size)
 
-    def _step(self, x, states, first: bool, quiet: frozenset = frozenset()):
-        values, new_states = self.program.step(x, states, first, quiet=quiet)
+    def _step(self, x, states, first: bool, known_quiet: frozenset = frozenset()):
+        values, new_states = self.program.step(x, states, first, quiet=known_quiet)
         out = self._statistics(values, 1)
         quiet = tf.ones([tf.shape(x)[0]], tf.bool)
         for layer in self.neuron_layers:
@@ -389,9 +389,9 @@ class _Simulator:
             key: tf.TensorArray(value.dtype, size=self.steps - 1) for key, value in first.items()
         }
 
-        def loop(start: int, stop: int, quiet: frozenset, state, arrays):
+        def loop(start: int, stop: int, known_quiet: frozenset, state, arrays):
             def body(t, state, arrays):
-                out, state = self._step(x, state, False, quiet)
+                out, state = self._step(x, state, False, known_quiet)
                 return (
                     t + 1,
                     state,
@@ -408,8 +408,8 @@ class _Simulator:
         quiet_from = self.program.quiet_from
         edges = sorted({1, self.steps, *(q for q in quiet_from.values() if 1 < q < self.steps)})
         for start, stop in itertools.pairwise(edges):
-            quiet = frozenset(name for name, q in quiet_from.items() if q <= start)
-            state, arrays = loop(start, stop, quiet, state, arrays)
+            known_quiet = frozenset(name for name, q in quiet_from.items() if q <= start)
+            state, arrays = loop(start, stop, known_quiet, state, arrays)
         out = {}
         for key, value in first.items():
             value = tf.expand_dims(value, 1)
