@@ -92,13 +92,12 @@ class Program:
         )
         self.direct_static = self._direct_static_inputs()
         # Neuron layers fed by the static value alone, and the step from which they are quiet.
-        self.quiet_from = {
+        bounds = {
             layer.name: layer.quiet_from()
             for layer, inbound in self.graph
-            if isinstance(layer, SpikingNeurons)
-            and inbound[0] in self.direct_static
-            and layer.quiet_from() is not None
+            if isinstance(layer, SpikingNeurons) and inbound[0] in self.direct_static
         }
+        self.quiet_from = {name: step for name, step in bounds.items() if step is not None}
 
     def _direct_static_inputs(self) -> set[str]:
         """ToTemporal layers whose only readers are neuron layers of the same input coding:
