@@ -104,7 +104,6 @@ class _Stream:
         self.runner = runtime.StreamingRunner(
             runtime.interpreter(path, FLAGS.num_threads), image_every_step
         )
-        self.masked = self.runner.masked
         self.image = image[None].astype("float32")
         self.count = 0
         self.per = 1
@@ -143,7 +142,8 @@ def main(argv: list[str]) -> None:
             for kind in ("qann_float", "snn_full"):
                 runners[(version, kind, batch)] = _Single(paths[kind], batch, image)
         stream = _Stream(paths["snn_step"], image, image_every_step=False)
-        if not stream.masked:  # files from before `start` / `advance` have only the masked way
+        # Files from before `start` / `advance` have only the masked way.
+        if not stream.runner.masked:
             runners[(version, "snn_step start/advance", 1)] = stream
         runners[(version, "snn_step reset/step", 1)] = _Stream(
             paths["snn_step"], image, image_every_step=True
