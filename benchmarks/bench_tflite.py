@@ -94,15 +94,16 @@ class _Single:
 
 class _Stream:
     """A snn_step file: invoke() runs one step of a T-step window (`StreamingRunner`: `start`
-    then `advance`, or with `image_every_step` `reset` then `step(image)`, the reset timed
+    then `advance` (and `advance_quiet` where the file has it, unless `skip_quiet` is
+    False), or with `image_every_step` `reset` then `step(image)`, the reset timed
     with the window's first step); the mean over a window's steps is what a device pays per
     step."""
 
-    def __init__(self, path: str, image, image_every_step: bool):
+    def __init__(self, path: str, image, image_every_step: bool, skip_quiet: bool = True):
         from qffs_tf.export import runtime
 
         self.runner = runtime.StreamingRunner(
-            runtime.interpreter(path, FLAGS.num_threads), image_every_step
+            runtime.interpreter(path, FLAGS.num_threads), image_every_step, skip_quiet
         )
         self.image = image[None].astype("float32")
         self.count = 0
@@ -145,6 +146,10 @@ def main(argv: list[str]) -> None:
         # Files from before `start` / `advance` have only the masked way.
         if not stream.runner.masked:
             runners[(version, "snn_step start/advance", 1)] = stream
+        if stream.runner.skips_quiet:  # the same file without `advance_quiet`, to compare
+            runners[(version, "snn_step start/advance, no advance_quiet", 1)] = _Stream(
+                paths["snn_step"], image, image_every_step=False, skip_quiet=False
+            )
         runners[(version, "snn_step reset/step", 1)] = _Stream(
             paths["snn_step"], image, image_every_step=True
         )

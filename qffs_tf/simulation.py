@@ -408,7 +408,7 @@ class _Simulator:
         quiet_from = self.program.quiet_from
         edges = sorted({1, self.steps, *(q for q in quiet_from.values() if 1 < q < self.steps)})
         for start, stop in itertools.pairwise(edges):
-            known_quiet = frozenset(name for name, q in quiet_from.items() if q <= start)
+            known_quiet = self.program.quiet_at(start)
             state, arrays = loop(start, stop, known_quiet, state, arrays)
         out = {}
         for key, value in first.items():

@@ -17,6 +17,7 @@ from qffs_tf.errors import ExportError
 from qffs_tf.export import parity as export_parity
 from qffs_tf.export import runtime as export_runtime
 from qffs_tf.io_utils import save_model
+from qffs_tf.snn import Program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMESTEPS = 5
@@ -55,7 +56,7 @@ def test_every_kind_uses_builtin_ops_only(exported):
         assert not [op for op in ops if op.startswith("CUSTOM") or "FLEX" in op.upper()], ops
     assert "FLOOR" in files["qann_float"].operators  # the quantizer is really in the graph
     assert "VAR_HANDLE" in files["snn_step"].operators
-    assert files["snn_step"].signatures == ["reset", "step", "start", "advance"]
+    assert files["snn_step"].signatures == ["reset", "step", "start", "advance", "advance_quiet"]
 
 
 def test_qann_float_equals_the_qat_model(exported):
@@ -110,6 +111,40 @@ def test_start_begins_a_new_window_whatever_came_before(exported):
     assert all(np.isnan(out["logits"]).all() for out in poisoned)
 
 
+def _signature_operator_counts(path) -> dict[str, int]:
+    """Operators in each signature's subgraph of a .tflite file."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(f.read(), 0)
+    counts = {}
+    for i in range(model.SignatureDefsLength()):
+        signature = model.SignatureDefs(i)
+        subgraph = model.Subgraphs(signature.SubgraphIndex())
+        counts[signature.SignatureKey().decode()] = subgraph.OperatorsLength()
+    return counts
+
+
+def test_advance_quiet_skips_the_first_neurons_with_the_same_numbers(exported):
+    """From the step `start` names on, the runner calls `advance_quiet`, which leaves out the
+    first neuron layers (quiet by then) and what reads only them: the same logits and spikes
+    bit for bit as `advance` (the skipped layers add exact zeros there), in a smaller graph."""
+    _, snn, x, files = exported
+    path = files["snn_step"].path
+    steps = TIMESTEPS + 4  # well past the bound: several advance_quiet steps
+    skipping, skipping_spikes = export_runtime.stream(path, x, steps)
+    plain, plain_spikes = export_runtime.stream(path, x, steps, skip_quiet=False)
+    np.testing.assert_array_equal(skipping, plain)
+    np.testing.assert_array_equal(skipping_spikes, plain_spikes)
+    runner = export_runtime.StreamingRunner(export_runtime.interpreter(path))
+    runner.begin_window()
+    runner.step(0, x[:1])
+    bounds = Program(snn).quiet_from
+    assert bounds and runner.quiet_from == max(bounds.values()) == 2**2  # L + 1, 2-bit
+    counts = _signature_operator_counts(path)
+    assert counts["advance_quiet"] < counts["advance"], counts
+
+
 def test_rate_coded_streaming_keeps_the_constant_input_without_the_image(tmp_path):
     """The rate baseline's input arrives at every step; `advance` takes no image, so the
     value computed by `start` is carried in the state."""
@@ -117,7 +152,9 @@ def test_rate_coded_streaming_keeps_the_constant_input_without_the_image(tmp_pat
     x = images(6, model.input_shape[1:], seed=5)
     qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=x)
     snn = qffs_tf.convert(qat, timesteps=TIMESTEPS, neuron="rate")
-    path = export.export_tflite(snn, tmp_path / "rate_step.tflite", "snn_step").path
+    result = export.export_tflite(snn, tmp_path / "rate_step.tflite", "snn_step")
+    path = result.path
+    assert "advance_quiet" not in result.signatures  # rate neurons get input at every step
     per_step, spikes = export_runtime.stream(path, x, TIMESTEPS)
     simulation = qffs_tf.simulate(snn, x)
     _close(per_step, simulation.logits)

@@ -84,7 +84,9 @@ class StreamingRunner:
     By default `start(image)` runs step 0 and `advance()` each further step (the image's
     layers run once per window); with `image_every_step`, or for files exported before
     `start` existed, `reset()` begins a window and `step(image)` runs every step. Both give
-    the same numbers.
+    the same numbers. Where the file has `advance_quiet`, it runs the steps from the one
+    `start` names (`quiet_from`): the first neuron layers are quiet by then, and it skips
+    them and what reads only them, with the same numbers as `advance`.
 
     Parameters
     ----------
@@ -92,6 +94,9 @@ class StreamingRunner:
         From `interpreter(path)` on a snn_step file.
     image_every_step : bool
         Use `reset` / `step(image)` even where `start` / `advance` exist.
+    skip_quiet : bool
+        Use `advance_quiet` where the file has it (default); False runs `advance` throughout
+        (to compare or time the two).
 
     Example
     -------
@@ -100,10 +105,16 @@ class StreamingRunner:
     >>> outputs = [runner.step(t, image) for t in range(8)]
     """
 
-    def __init__(self, runtime, image_every_step: bool = False):
-        self.masked = image_every_step or "start" not in runtime.get_signature_list()
+    def __init__(self, runtime, image_every_step: bool = False, skip_quiet: bool = True):
+        signatures = runtime.get_signature_list()
+        self.masked = image_every_step or "start" not in signatures
         names = ("reset", "step") if self.masked else ("start", "advance")
         self._begin, self._next = (runtime.get_signature_runner(name) for name in names)
+        self._quiet = None
+        if skip_quiet and not self.masked and "advance_quiet" in signatures:
+            self._quiet = runtime.get_signature_runner("advance_quiet")
+        self.skips_quiet = self._quiet is not None
+        self.quiet_from: int | None = None  # set by `start`, in files that have advance_quiet
         step = runtime.get_signature_runner("step")
         self.batch_size = int(step.get_input_details()["image"]["shape"][0])
 
@@ -118,7 +129,15 @@ class StreamingRunner:
         outputs (logits so far, spikes in this step, step count)."""
         if self.masked:
             return self._next(image=image)
-        return self._begin(image=image) if t == 0 else self._next()
+        if t == 0:
+            outputs = self._begin(image=image)
+            quiet_from = outputs.pop("quiet_from", None)
+            if self._quiet is not None:
+                self.quiet_from = int(quiet_from)
+            return outputs
+        if self.quiet_from is not None and t >= self.quiet_from:
+            return self._quiet()  # the first neuron layers are quiet by now: skipped
+        return self._next()
 
 
 def stream(
@@ -127,15 +146,16 @@ def stream(
     timesteps: int,
     num_threads: int | None = None,
     image_every_step: bool = False,
+    skip_quiet: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run a snn_step file for `timesteps` steps per batch (see `StreamingRunner` for the two
-    ways, chosen by `image_every_step`; both give the same numbers).
+    ways, chosen by `image_every_step`, and for `skip_quiet`; all give the same numbers).
 
     Returns the logits after every step, (N, T, classes), and the spikes emitted in every
     step, (N, T). The file's fixed batch size sets the chunk size (the last chunk is padded).
     """
     images = np.asarray(images, np.float32)
-    runner = StreamingRunner(interpreter(path, num_threads), image_every_step)
+    runner = StreamingRunner(interpreter(path, num_threads), image_every_step, skip_quiet)
     size = runner.batch_size
     logits, spikes = [], []
     for start in range(0, len(images), size):

@@ -13,7 +13,12 @@ Four kinds of file:
   `advance()` for each further step, which never recomputes the layers on the image (the
   fast way); or `reset()` then `step(image)` at every step, for a caller that feeds the
   image every time (the image's layers then run at every step, masked after step 0). Each
-  returns the logits so far, the spikes in that step and the step count.
+  returns the logits so far, the spikes in that step and the step count. Where the first
+  neuron layers have a quiet bound (`Program.quiet_from`: QFFS and plain IF neurons fed once
+  by the image spike only in steps 0..L), `start` also returns `quiet_from`, and from that
+  step on `advance_quiet()` does what `advance()` does without those layers and what reads
+  only them (the same numbers: they would add exact zeros). `snn_full` leaves them out of
+  its later steps the same way.
 
 The SNN kinds can also be written with int8 weights (`int8_weights=True`: the converter's
 dynamic-range quantization, float activations and state). That is faster on XNNPACK but an
@@ -105,6 +110,8 @@ def _spike_total(program: Program, values: dict) -> tf.Tensor:
     total = None
     for layer in program.neuron_layers:
         out = values[layer.name]
+        if out is None:  # known quiet at this step
+            continue
         fired = tf.reduce_sum(
             tf.cast(tf.not_equal(out, 0.0), tf.int32), list(range(1, out.shape.rank))
         )
@@ -131,7 +138,8 @@ def _snn_full_function(snn: keras.Model, timesteps: int):
         state = dict(initial)
         values = None
         for t in range(timesteps):
-            values, state = program.step(image, state, t == 0, arithmetic=True)
+            quiet = program.quiet_at(t)  # first neuron layers past their bound: not computed
+            values, state = program.step(image, state, t == 0, arithmetic=True, quiet=quiet)
         return {"logits": values[program.readout.name]}
 
     return snn_full
@@ -167,6 +175,12 @@ class _StreamingSNN(tf.Module):
         self.t = tf.Variable(0, dtype=tf.int32, trainable=False, name="step_counter")
         self.batch_size = int(batch_size)
         image = tf.TensorSpec([batch_size, *self.shape], tf.float32, name="image")
+        # From this step on the first neuron layers (fed once by the image) are quiet, and
+        # `advance_quiet` skips them and what reads only them (see `Program.quiet_from`).
+        bounds = self._program.value.quiet_from
+        self.quiet_from = max(bounds.values()) if bounds else None
+        self.quiet = self._program.value.quiet_at(self.quiet_from) if bounds else frozenset()
+        self.signature_names = list(STREAMING_SIGNATURES) + (["advance_quiet"] if bounds else [])
 
         # The TFLite signature keys are the Python names of these functions.
         def reset():
@@ -181,10 +195,14 @@ class _StreamingSNN(tf.Module):
         def advance():
             return self._advance_fn()
 
+        def advance_quiet():
+            return self._advance_fn(self.quiet)
+
         self.reset = tf.function(reset, input_signature=[], autograph=False)
         self.step = tf.function(step, input_signature=[image], autograph=False)
         self.start = tf.function(start, input_signature=[image], autograph=False)
         self.advance = tf.function(advance, input_signature=[], autograph=False)
+        self.advance_quiet = tf.function(advance_quiet, input_signature=[], autograph=False)
 
     def _reset_fn(self):
         for name, variables in self.state.items():
@@ -202,22 +220,33 @@ class _StreamingSNN(tf.Module):
     def _start_fn(self, image):
         """Step 0 from the initial state: the static part runs here, once."""
         self.t.assign(0)
-        return self._run(image, _constants(self.initial), True)
+        outputs = self._run(image, _constants(self.initial), True)
+        if self.quiet_from is not None:  # tells the caller when `advance_quiet` may take over
+            outputs["quiet_from"] = tf.constant(self.quiet_from, tf.int32)
+        return outputs
 
-    def _advance_fn(self):
+    def _advance_fn(self, quiet: frozenset = frozenset()):
         """The next step without the image: the "once" coding delivers nothing after step 0,
-        and the "constant" coding's value is in the state (ToTemporal keeps it)."""
-        return self._run(None, self._read(), False)
+        and the "constant" coding's value is in the state (ToTemporal keeps it). Layers in
+        `quiet` are neither computed nor their state read or written."""
+        state = {
+            name: [v.read_value() for v in variables]
+            for name, variables in self.state.items()
+            if name not in quiet
+        }
+        return self._run(None, state, False, quiet)
 
     def _read(self) -> dict:
         return {name: [v.read_value() for v in variables] for name, variables in self.state.items()}
 
-    def _run(self, image, state: dict, first):
+    def _run(self, image, state: dict, first, quiet: frozenset = frozenset()):
         program = self._program.value
-        values, new_state = program.step(image, state, first, arithmetic=True)
-        for name, variables in self.state.items():
-            for variable, value in zip(variables, new_state[name], strict=True):
-                variable.assign(value)
+        values, new_state = program.step(image, state, first, arithmetic=True, quiet=quiet)
+        for name, values_now in new_state.items():
+            before = state[name]
+            for variable, value, old in zip(self.state[name], values_now, before, strict=True):
+                if value is not old:  # a state passed through unchanged is not written back
+                    variable.assign(value)
         step = self.t.assign_add(1)
         spikes = _spike_total(program, values)
         if spikes is None:
@@ -405,8 +434,10 @@ def export_tflite(
     - kind="snn_full": `model` is an SNN from `qffs_tf.convert` (or a QAT model, converted
       here); runs `timesteps` steps (default: the SNN's own) and returns the final logits.
     - kind="snn_step": streaming model with signatures `start(image)` and `advance()` (step
-      0, then one step each; the image's layers run once), and `reset()` and `step(image)`
-      (the image at every step).
+      0, then one step each; the image's layers run once), `advance_quiet()` (the same from
+      the step `start` returns as `quiet_from`, without the first neuron layers, quiet by
+      then; only where they have a bound), and `reset()` and `step(image)` (the image at
+      every step).
     `int8_weights=True` (SNN kinds only) stores the weights in int8 (dynamic-range
     quantization): smaller and faster files that approximate the SNN (see the module
     docstring). `batch_size` fixes the batch dimension (default: dynamic for all kinds
@@ -460,7 +491,7 @@ def export_tflite(
                 snn = _snn_for(model, timesteps)
                 module = _StreamingSNN(snn, batch)
                 functions = [
-                    getattr(module, name).get_concrete_function() for name in STREAMING_SIGNATURES
+                    getattr(module, name).get_concrete_function() for name in module.signature_names
                 ]
 
                 def resources(converter):
@@ -469,7 +500,7 @@ def export_tflite(
                         configure_weights(converter)
 
                 content = _convert(kind, functions, module, resources)
-                signatures = list(STREAMING_SIGNATURES)
+                signatures = list(module.signature_names)
     except QFFSError as e:
         if isinstance(e, ExportError):
             raise

@@ -99,6 +99,11 @@ class Program:
         }
         self.quiet_from = {name: step for name, step in bounds.items() if step is not None}
 
+    def quiet_at(self, step: int) -> frozenset[str]:
+        """Neuron layers known to be quiet at `step` (0-based): past their `quiet_from` bound,
+        they neither spike nor change state, so `step(..., quiet=...)` may skip them."""
+        return frozenset(name for name, bound in self.quiet_from.items() if bound <= step)
+
     def _direct_static_inputs(self) -> set[str]:
         """ToTemporal layers whose only readers are neuron layers of the same input coding:
         in `window` those neurons take the static value itself (nothing laid over T)."""
