@@ -140,9 +140,20 @@ def test_advance_quiet_skips_the_first_neurons_with_the_same_numbers(exported):
     runner.begin_window()
     runner.step(0, x[:1])
     bounds = Program(snn).quiet_from
-    assert bounds and runner.quiet_from == max(bounds.values()) == 2**2  # L + 1, 2-bit
+    assert runner.quiet_from == min(bounds.values()) == 2**2  # the first layers: L + 1, 2-bit
     counts = _signature_operator_counts(path)
     assert counts["advance_quiet"] < counts["advance"], counts
+
+
+def test_snn_full_skips_each_layer_from_its_quiet_bound(exported, tmp_path):
+    """Over 9 steps the full-window program leaves out the first neuron layers from step 4
+    on and the second ones from step 7 on (their input ends at step 3): still the logits of
+    the same SNN simulated for 9 steps."""
+    _, snn, x, _ = exported
+    bounds = sorted(set(Program(snn).quiet_from.values()))
+    assert bounds[:2] == [4, 7]  # 2-bit: L + 1 and 2L + 1
+    path = export.export_tflite(snn, tmp_path / "full9.tflite", "snn_full", timesteps=9).path
+    _close(export_runtime.predict(path, x), qffs_tf.simulate(snn, x, timesteps=9).logits[:, -1])
 
 
 def test_rate_coded_streaming_keeps_the_constant_input_without_the_image(tmp_path):

@@ -212,8 +212,9 @@ qffs_tf.snn.register_neuron(_NoQuietBound)
 @pytest.mark.parametrize("timesteps", [3, 9, 20])  # shorter than, past, and past the unrolling
 def test_steps_after_the_quiet_bound_are_skipped_exactly(timesteps):
     """The first neurons (static input, "once" coding) compute only the steps before their
-    quiet bound (layerwise: zeros stand for the rest; stepwise: they are not run); the run
-    equals the one that computes every step, whole, in chunks and stepwise."""
+    quiet bound (layerwise: zeros stand for the rest; stepwise: they are not run), and
+    stepwise also skips each later neuron layer from its own bound on; the run equals the
+    one that computes every step, whole, in chunks and stepwise."""
     model = every_layer_model(5)
     x = images(8, model.input_shape[1:], 5)
     qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=x)
@@ -221,7 +222,11 @@ def test_steps_after_the_quiet_bound_are_skipped_exactly(timesteps):
     computing = qffs_tf.convert(qat, timesteps=timesteps, neuron="qffs_without_quiet_bound")
     reference = qffs_tf.simulate(computing, x, max_memory_mb=float("inf"))
     program = Program(skipping)
-    assert program.quiet_from and not Program(computing).quiet_from  # the path is taken
+    assert not Program(computing).quiet_from
+    # The fixture's 7 neuron layers are in series (the residual Add joins a layer and its own
+    # reader): the static value arrives at step 0, so the n-th layer's input ends at step
+    # (n - 1) L and it is quiet from n L + 1, with L = 3 at 2 bits.
+    assert sorted(program.quiet_from.values()) == [3 * n + 1 for n in range(1, 8)]
     state, per_step = memory_estimate(program, len(x))
     for budget in (float("inf"), (state + 2 * per_step) / 2**20):  # whole, chunks of 2
         assert_same_run(qffs_tf.simulate(skipping, x, max_memory_mb=budget), reference)

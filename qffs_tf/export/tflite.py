@@ -176,9 +176,10 @@ class _StreamingSNN(tf.Module):
         self.batch_size = int(batch_size)
         image = tf.TensorSpec([batch_size, *self.shape], tf.float32, name="image")
         # From this step on the first neuron layers (fed once by the image) are quiet, and
-        # `advance_quiet` skips them and what reads only them (see `Program.quiet_from`).
+        # `advance_quiet` skips them and what reads only them (see `Program.quiet_from`;
+        # the later layers' bounds come later still, mostly past the window).
         bounds = self._program.value.quiet_from
-        self.quiet_from = max(bounds.values()) if bounds else None
+        self.quiet_from = min(bounds.values()) if bounds else None
         self.quiet = self._program.value.quiet_at(self.quiet_from) if bounds else frozenset()
         self.signature_names = list(STREAMING_SIGNATURES) + (["advance_quiet"] if bounds else [])
 

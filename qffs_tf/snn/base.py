@@ -162,6 +162,13 @@ def add_optional(a, b):
     return a + b
 
 
+def latest(steps: list[int | None]) -> int | None:
+    """The last of the steps from which each input is zero (None if one is not known)."""
+    if not steps or any(step is None for step in steps):
+        return None
+    return max(steps)
+
+
 def pairwise_sum(values):
     """Sum of a list by pairwise ADD, skipping None (zero); int8-capable in TFLite, unlike ADD_N."""
     present = [value for value in values if value is not None]
@@ -314,6 +321,28 @@ class SpikingLayer:
         floor/min/max instead of comparisons, the form XNNPACK runs in TFLite; same numbers.
         """
         raise NotImplementedError(f"{type(self).__name__} has no step")
+
+    def zero_from(self, inputs: list[int | None]) -> int | None:
+        """The step from which this layer's output is zero and its state stays as it is,
+        given that step for each of its inputs (None: not known). The default, None, claims
+        nothing; layers that give a zero (None) output for zero inputs say so.
+
+        Parameters
+        ----------
+        inputs : list of int or None
+            Per input, the step from which it is zero.
+
+        Returns
+        -------
+        int or None
+            The step from which the output is zero, or None where that is not known.
+
+        Example
+        -------
+        >>> SpikingAdd().zero_from([4, 7])
+        7
+        """
+        return None
 
     def get_config(self):
         return {**super().get_config(), "temporal": self.temporal}

@@ -19,6 +19,7 @@ from qffs_tf.snn.base import (
     fused,
     in_compiled_context,
     is_first_tensor,
+    latest,
     on_active_steps,
     over_window,
     pairwise_sum,
@@ -56,6 +57,9 @@ class _TemporalOp(SpikingLayer, keras.layers.Layer):
 
     def step(self, inputs, state, first, arithmetic: bool = False):
         return (None if inputs is None else self.apply(inputs)), state
+
+    def zero_from(self, inputs):
+        return latest(inputs)  # zero in, zero out, no state
 
 
 @keras.utils.register_keras_serializable(package="qffs_tf")
@@ -120,6 +124,9 @@ class ToTemporal(SpikingLayer, keras.layers.Layer):
             value = inputs * first + state[0] * (1.0 - first)
             return value, [value]
         return inputs, [inputs]
+
+    def zero_from(self, inputs):
+        return None if self.constant_input else 1  # "once": the value arrives at step 0
 
     def compute_output_shape(self, input_shape):
         return tf.TensorShape([input_shape[0], self.timesteps, *input_shape[1:]])
@@ -300,6 +307,10 @@ class SpikingLinear(SpikingLayer, keras.layers.Layer):
             )
         return add_optional(y, static_part(self.bias, first, self.constant_input)), state
 
+    def zero_from(self, inputs):
+        # The bias arrives with the input coding: at step 0 only, or at every step.
+        return None if self.constant_input else latest(inputs)
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -351,6 +362,10 @@ class SpikingAffine(SpikingLayer, keras.layers.Layer):
             return None, state
         y = inputs * self.scale
         return add_optional(y, static_part(self.offset, first, self.constant_input)), state
+
+    def zero_from(self, inputs):
+        # The offset arrives with the input coding: at step 0 only, or at every step.
+        return None if self.constant_input else latest(inputs)
 
     def get_config(self):
         return {**super().get_config(), "constant_input": self.constant_input}
@@ -442,6 +457,9 @@ class SpikingAdd(SpikingLayer, keras.layers.Layer):
     def step(self, inputs, state, first, arithmetic: bool = False):
         return pairwise_sum(inputs), state
 
+    def zero_from(self, inputs):
+        return latest(inputs)
+
 
 @keras.utils.register_keras_serializable(package="qffs_tf")
 class SpikingConcatenate(SpikingLayer, keras.layers.Layer):
@@ -479,6 +497,9 @@ class SpikingConcatenate(SpikingLayer, keras.layers.Layer):
             for value, shape in zip(inputs, shapes, strict=True)
         ]
         return tf.concat(parts, self._axis(False)), state
+
+    def zero_from(self, inputs):
+        return latest(inputs)
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
@@ -581,6 +602,9 @@ class SpikingMaxPool2D(SpikingLayer, keras.layers.Layer):
     def initial_state(self, batch_size, dtype=tf.float32):
         counts = tf.zeros(tf.concat([[batch_size], self.input_spec_shape], 0), dtype)
         return [counts, self.pool(counts)]
+
+    def zero_from(self, inputs):
+        return latest(inputs)  # no new spikes: counts and their max unchanged
 
     def step(self, inputs, state, first, arithmetic: bool = False):
         if inputs is None:  # unchanged counts: unchanged max

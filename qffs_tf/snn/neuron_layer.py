@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from qffs_tf._keras import keras, tf
-from qffs_tf.snn.base import MAX_UNROLLED_STEPS, SpikingLayer, fused, without_autograph
+from qffs_tf.snn.base import MAX_UNROLLED_STEPS, SpikingLayer, fused, latest, without_autograph
 from qffs_tf.snn.neurons import get_neuron, serialize_neuron
 
 _WINDOWS: dict[tuple, object] = {}
@@ -236,8 +236,14 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
         """
         if self.neuron.input_coding != "once":
             return None
+        return self.zero_from([1])  # the static value arrives at step 0 only
+
+    def zero_from(self, inputs):
+        """No input from step s on: no spike (and no change of state) from s + k on, with k
+        the neuron model's `quiet_within(L)`; None where either is not known."""
+        start = latest(inputs)
         bound = self.neuron.quiet_within(self.levels)
-        return None if bound is None else int(bound) + 1
+        return None if start is None or bound is None else start + int(bound)
 
     def _laid_over(self, value: tf.Tensor, steps: int, start: int) -> tf.Tensor:
         """The static value as the neuron model's input coding delivers it over `steps`

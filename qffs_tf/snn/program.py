@@ -91,13 +91,22 @@ class Program:
             isinstance(layer, ToTemporal) and layer.constant_input for layer in layers
         )
         self.direct_static = self._direct_static_inputs()
-        # Neuron layers fed by the static value alone, and the step from which they are quiet.
-        bounds = {
-            layer.name: layer.quiet_from()
-            for layer, inbound in self.graph
-            if isinstance(layer, SpikingNeurons) and inbound[0] in self.direct_static
+        self.quiet_from = self._quiet_bounds()
+
+    def _quiet_bounds(self) -> dict[str, int]:
+        """Neuron layers with a known step from which they are quiet (no spike, state kept):
+        each temporal layer's `zero_from`, followed through the graph from the static input
+        (delivered at step 0 only by the "once" coding). The first neuron layers are quiet
+        from L + 1, a layer behind them from 2L + 1 (its input ends at step L), and so on."""
+        zero_from: dict[str, int | None] = {}
+        for layer, inbound in self.graph:
+            if isinstance(layer, SpikingLayer) and _is_temporal(layer):
+                zero_from[layer.name] = layer.zero_from([zero_from.get(i) for i in inbound])
+        return {
+            layer.name: zero_from[layer.name]
+            for layer in self.neuron_layers
+            if zero_from.get(layer.name) is not None
         }
-        self.quiet_from = {name: step for name, step in bounds.items() if step is not None}
 
     def quiet_at(self, step: int) -> frozenset[str]:
         """Neuron layers known to be quiet at `step` (0-based): past their `quiet_from` bound,
