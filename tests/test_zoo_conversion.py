@@ -12,7 +12,9 @@ from test_applications_quantize import randomise_batch_norm
 # name, width, input size, time steps, images. ImageNet variants at 64x64 (their layout:
 # strided stem, max-pool, 4096-unit VGG classifier scaled by width).
 ZOO = [
-    ("vgg16", 0.125, 32, 128, 8),
+    # A plain conv stack with max-pools: `make test` converts tf_keras.applications' VGG16
+    # (test_applications_conversion.py), so this copy of the topology runs in `make test-all`.
+    pytest.param("vgg16", 0.125, 32, 128, 8, marks=pytest.mark.slow),
     ("resnet18", 0.125, 32, 128, 8),
     ("resnet20", 0.25, 32, 128, 8),
     # The two largest ImageNet-layout graphs add no topology the others lack (resnet18 at 64
