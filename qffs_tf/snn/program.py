@@ -53,6 +53,12 @@ class Program:
     snn : tf_keras.Model
         A model made by `qffs_tf.convert`.
 
+    Attributes
+    ----------
+    quiet_from : dict of str to int
+        Neuron layer name -> the step from which it is known quiet (no spike, state kept),
+        followed through the graph from the static input (see `SpikingLayer.zero_from`).
+
     Raises
     ------
     ConversionError
@@ -109,8 +115,23 @@ class Program:
         }
 
     def quiet_at(self, step: int) -> frozenset[str]:
-        """Neuron layers known to be quiet at `step` (0-based): past their `quiet_from` bound,
-        they neither spike nor change state, so `step(..., quiet=...)` may skip them."""
+        """Neuron layers known to be quiet at `step`: past their `quiet_from` bound they
+        neither spike nor change state, so `step(..., quiet=...)` may skip them.
+
+        Parameters
+        ----------
+        step : int
+            The step index (0 is the step that receives the image).
+
+        Returns
+        -------
+        frozenset of str
+            Names of the neuron layers quiet at that step.
+
+        Example
+        -------
+        >>> values, state = program.step(x, state, False, quiet=program.quiet_at(t))
+        """
         return frozenset(name for name, bound in self.quiet_from.items() if bound <= step)
 
     def _direct_static_inputs(self) -> set[str]:
