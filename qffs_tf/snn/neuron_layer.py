@@ -178,19 +178,30 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
             initial_state = self.initial_state(tf.shape(inputs)[0], inputs.dtype)
         return self.window(inputs, list(initial_state))[0]
 
-    def window(self, inputs, state, start: int = 0, steps: int | None = None):
+    def window(
+        self,
+        inputs,
+        state,
+        start: int = 0,
+        steps: int | None = None,
+        quiet_from: int | None = None,
+    ):
         """See `SpikingLayer.window`. `inputs` may also be the static (B, ...) value, with
         `steps` given: the input coding of the neuron model then delivers it (at step 0
-        only, or at every step) without a (B, T, ...) tensor of its copies and zeros."""
+        only, or at every step) without a (B, T, ...) tensor of its copies and zeros.
+        `quiet_from` is a step from which the caller knows these neurons quiet
+        (`Program.quiet_from`); for the static value the layer knows it itself."""
         static = inputs.shape.rank == len(self.neuron_shape) + 1
         total = int(steps) if static else inputs.shape[1]
-        quiet = self.quiet_from() if static else None
-        if quiet is not None and start + total > quiet:
+        quiet = self.quiet_from() if static else quiet_from
+        if quiet is not None and total is not None and start + total > quiet:
             # Steps from `quiet` on carry no spike and leave the state as it is: only the
             # ones before are computed, and zeros stand for the rest (the same numbers).
             computed = max(0, quiet - start)
-            if computed > 0:
+            if computed > 0 and static:
                 outputs, state = self.window(inputs, state, start, computed)
+            elif computed > 0:
+                outputs, state = self.window(inputs[:, :computed], state, start)
             else:  # the whole run is after the bound: no step to compute
                 outputs, state = tf.expand_dims(tf.zeros_like(state[0]), 1)[:, :0], list(state)
             padding = [[0, 0], [0, total - computed]] + [[0, 0]] * len(self.neuron_shape)

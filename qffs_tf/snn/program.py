@@ -233,9 +233,11 @@ class Program:
             if not _is_temporal(layer):
                 values[name] = layer(arg)
                 continue
+            # Neuron layers further down are also left out from their quiet bound on.
+            bound = {"quiet_from": self.quiet_from.get(name)} if name in self.quiet_from else {}
             with tf.name_scope(name):
                 values[name], layer_state = layer.window(
-                    arg, state.get(name, []), start, steps_here
+                    arg, state.get(name, []), start, steps_here, **bound
                 )
             if name in state:
                 new_state[name] = layer_state
