@@ -143,6 +143,10 @@ def test_advance_quiet_skips_the_first_neurons_with_the_same_numbers(exported):
     assert runner.quiet_from == min(bounds.values()) == 2**2  # the first layers: L + 1, 2-bit
     counts = _signature_operator_counts(path)
     assert counts["advance_quiet"] < counts["advance"], counts
+    # Called too early (step 1 < quiet_from), it says so with NaN logits, not wrong ones.
+    runtime = export_runtime.interpreter(path)
+    runtime.get_signature_runner("start")(image=x[:1])
+    assert np.isnan(runtime.get_signature_runner("advance_quiet")()["logits"]).all()
 
 
 def test_snn_full_skips_each_layer_from_its_quiet_bound(exported, tmp_path):

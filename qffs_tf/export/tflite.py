@@ -235,7 +235,14 @@ class _StreamingSNN(tf.Module):
             for name, variables in self.state.items()
             if name not in quiet
         }
-        return self._run(None, state, False, quiet)
+        outputs = self._run(None, state, False, quiet)
+        if quiet:
+            # Called before `quiet_from`, the skipped layers could still have spiked: say so
+            # with NaN logits rather than return wrong ones (a scalar select, ~1 us).
+            early = tf.less_equal(outputs["step"], self.quiet_from)
+            guard = tf.where(early, tf.constant(np.nan, tf.float32), tf.constant(0.0))
+            outputs["logits"] = outputs["logits"] + guard
+        return outputs
 
     def _read(self) -> dict:
         return {name: [v.read_value() for v in variables] for name, variables in self.state.items()}
