@@ -7,7 +7,8 @@ with --int8_weights, the SNN files also with int8 weights, an approximation),
 then times them in interleaved rounds in one process: `qann_float` and `snn_full` per image
 at each batch size, `snn_step` per step at batch 1. The minimum over rounds of each block's
 median is reported, and every SNN time is also given relative to `qann_float` of the same
-version and batch. Writes JSON and a markdown table under benchmarks/results/tflite/.
+version and batch. Second interpreters of two of the files, timed the same way, give the
+run's noise floor. Writes JSON and a markdown table under benchmarks/results/tflite/.
 
     .venv/bin/python benchmarks/bench_tflite.py --run_dir=runs/quickstart --baseline=be320a4
 """
@@ -153,6 +154,14 @@ def main(argv: list[str]) -> None:
         runners[(version, "snn_step reset/step", 1)] = _Stream(
             paths["snn_step"], image, image_every_step=True
         )
+    # The noise floor: second interpreters of two of this checkout's files, timed like the
+    # rest. Two interpreters of one file have differed by up to 30 % here.
+    twins = {
+        "qann_float": _Single(versions["after"]["qann_float"], 1, image),
+        "snn_step start/advance": _Stream(versions["after"]["snn_step"], image, False),
+    }
+    for kind, runner in twins.items():
+        runners[("after", f"{kind} (second interpreter)", 1)] = runner
     for runner in runners.values():  # warm up (XNNPACK packs weights on first use)
         for _ in range(3):
             runner.invoke()
@@ -210,6 +219,15 @@ def main(argv: list[str]) -> None:
             ),
             "llrrr",
         ),
+    ]
+    spreads = [
+        abs(best[("after", f"{kind} (second interpreter)", 1)] / best[("after", kind, 1)] - 1)
+        for kind in twins
+    ]
+    lines += [
+        "",
+        f"Two interpreters of one file differed by {100 * spreads[0]:.0f} % (qann_float) and "
+        f"{100 * spreads[1]:.0f} % (snn_step) in this run: smaller differences are noise.",
     ]
     table = "\n".join(lines) + "\n"
     io_utils.atomic_write_text(f"{FLAGS.output}.md", table)
