@@ -211,10 +211,10 @@ qffs_tf.snn.register_neuron(_NoQuietBound)
 
 @pytest.mark.parametrize("timesteps", [3, 9, 20])  # shorter than, past, and past the unrolling
 def test_steps_after_the_quiet_bound_are_skipped_exactly(timesteps):
-    """The first neurons (static input, "once" coding) compute only the steps before their
-    quiet bound (layerwise: zeros stand for the rest; stepwise: they are not run), and
-    stepwise also skips each later neuron layer from its own bound on; the run equals the
-    one that computes every step, whole, in chunks and stepwise."""
+    """Each neuron layer computes only the steps before its quiet bound (layerwise: zeros
+    stand for the rest; stepwise: it is not run), the first ones (static input, "once"
+    coding) and the later ones alike; the run equals the one that computes every step,
+    whole, in chunks and stepwise."""
     model = every_layer_model(5)
     x = images(8, model.input_shape[1:], 5)
     qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=x)
