@@ -403,8 +403,8 @@ class _Simulator:
             )
             return state, arrays
 
-        # One loop per stretch of steps with the same neuron layers known quiet (the ones fed
-        # once by the static value, from their bound on): those are not computed.
+        # One loop per stretch of steps with the same neuron layers known quiet (each from its
+        # bound in `Program.quiet_from` on): those are not computed.
         quiet_from = self.program.quiet_from
         edges = sorted({1, self.steps, *(q for q in quiet_from.values() if 1 < q < self.steps)})
         for start, stop in itertools.pairwise(edges):

@@ -113,10 +113,14 @@ class StreamingRunner:
         self._quiet = None
         if skip_quiet and not self.masked and "advance_quiet" in signatures:
             self._quiet = runtime.get_signature_runner("advance_quiet")
-        self.skips_quiet = self._quiet is not None
         self.quiet_from: int | None = None  # set by `start`, in files that have advance_quiet
         step = runtime.get_signature_runner("step")
         self.batch_size = int(step.get_input_details()["image"]["shape"][0])
+
+    @property
+    def skips_quiet(self) -> bool:
+        """Whether later steps run `advance_quiet` (the file has it and it was not turned off)."""
+        return self._quiet is not None
 
     def begin_window(self) -> None:
         """Before step 0 of a window: `reset` in the image-every-step way, nothing otherwise

@@ -17,8 +17,8 @@ Four kinds of file:
   neuron layers have a quiet bound (`Program.quiet_from`: QFFS and plain IF neurons fed once
   by the image spike only in steps 0..L), `start` also returns `quiet_from`, and from that
   step on `advance_quiet()` does what `advance()` does without those layers and what reads
-  only them (the same numbers: they would add exact zeros). `snn_full` leaves them out of
-  its later steps the same way.
+  only them (the same numbers: they would add exact zeros). `snn_full` leaves every neuron
+  layer out from its own bound on (`Program.quiet_at`).
 
 The SNN kinds can also be written with int8 weights (`int8_weights=True`: the converter's
 dynamic-range quantization, float activations and state). That is faster on XNNPACK but an
@@ -138,7 +138,7 @@ def _snn_full_function(snn: keras.Model, timesteps: int):
         state = dict(initial)
         values = None
         for t in range(timesteps):
-            quiet = program.quiet_at(t)  # first neuron layers past their bound: not computed
+            quiet = program.quiet_at(t)  # neuron layers past their quiet bound: not computed
             values, state = program.step(image, state, t == 0, arithmetic=True, quiet=quiet)
         return {"logits": values[program.readout.name]}
 
@@ -230,12 +230,7 @@ class _StreamingSNN(tf.Module):
         """The next step without the image: the "once" coding delivers nothing after step 0,
         and the "constant" coding's value is in the state (ToTemporal keeps it). Layers in
         `quiet` are neither computed nor their state read or written."""
-        state = {
-            name: [v.read_value() for v in variables]
-            for name, variables in self.state.items()
-            if name not in quiet
-        }
-        outputs = self._run(None, state, False, quiet)
+        outputs = self._run(None, self._read(skip=quiet), False, quiet)
         if quiet:
             # Called before `quiet_from`, the skipped layers could still have spiked: say so
             # with NaN logits rather than return wrong ones (a scalar select, ~1 us).
@@ -244,8 +239,13 @@ class _StreamingSNN(tf.Module):
             outputs["logits"] = outputs["logits"] + guard
         return outputs
 
-    def _read(self) -> dict:
-        return {name: [v.read_value() for v in variables] for name, variables in self.state.items()}
+    def _read(self, skip: frozenset = frozenset()) -> dict:
+        """The state variables' values, but for the layers in `skip` (not read at all)."""
+        return {
+            name: [v.read_value() for v in variables]
+            for name, variables in self.state.items()
+            if name not in skip
+        }
 
     def _run(self, image, state: dict, first, quiet: frozenset = frozenset()):
         program = self._program.value

@@ -190,14 +190,13 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
         `steps` given: the input coding of the neuron model then delivers it (at step 0
         only, or at every step) without a (B, T, ...) tensor of its copies and zeros.
         `quiet_from` is a step from which the caller knows these neurons quiet
-        (`Program.quiet_from`); for the static value the layer knows it itself."""
+        (`Program.quiet_from`, from the graph and `zero_from`)."""
         static = inputs.shape.rank == len(self.neuron_shape) + 1
         total = int(steps) if static else inputs.shape[1]
-        quiet = self.quiet_from() if static else quiet_from
-        if quiet is not None and total is not None and start + total > quiet:
-            # Steps from `quiet` on carry no spike and leave the state as it is: only the
+        if quiet_from is not None and total is not None and start + total > quiet_from:
+            # Steps from `quiet_from` on carry no spike and leave the state as it is: only the
             # ones before are computed, and zeros stand for the rest (the same numbers).
-            computed = max(0, quiet - start)
+            computed = max(0, quiet_from - start)
             if computed > 0 and static:
                 outputs, state = self.window(inputs, state, start, computed)
             elif computed > 0:
@@ -229,25 +228,6 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
             outputs = _window_function(self.neuron, "outputs")(*args)
             state = _window_function(self.neuron, "state")(*args)
         return outputs, list(state)
-
-    def quiet_from(self) -> int | None:
-        """For neurons whose input is the static value, delivered at step 0 only (the "once"
-        coding): the step from which they spike no more and keep their state, by the neuron
-        model's `quiet_within`; None if the model gives no bound or codes differently.
-
-        Returns
-        -------
-        int or None
-            quiet_within(L) + 1 (step 0 brings the input, then at most L spikes).
-
-        Example
-        -------
-        >>> SpikingNeurons(NeuronCell("qffs", 0.5, 3, (4,))).quiet_from()
-        4
-        """
-        if self.neuron.input_coding != "once":
-            return None
-        return self.zero_from([1])  # the static value arrives at step 0 only
 
     def zero_from(self, inputs):
         """No input from step s on: no spike (and no change of state) from s + k on, with k

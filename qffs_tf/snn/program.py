@@ -233,8 +233,8 @@ class Program:
             if not _is_temporal(layer):
                 values[name] = layer(arg)
                 continue
-            # Neuron layers further down are also left out from their quiet bound on.
-            bound = {"quiet_from": self.quiet_from.get(name)} if name in self.quiet_from else {}
+            # Neuron layers are left out from their quiet bound on (zeros stand for the steps).
+            bound = {"quiet_from": self.quiet_from[name]} if name in self.quiet_from else {}
             with tf.name_scope(name):
                 values[name], layer_state = layer.window(
                     arg, state.get(name, []), start, steps_here, **bound
