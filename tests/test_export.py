@@ -140,7 +140,7 @@ def test_advance_quiet_skips_the_first_neurons_with_the_same_numbers(exported):
     runner.begin_window()
     runner.step(0, x[:1])
     bounds = Program(snn).quiet_from
-    assert runner.quiet_from == min(bounds.values()) == 2**2  # the first layers: L + 1, 2-bit
+    assert runner.quiet_from == min(bounds.values()) == 3  # the first layers: L, 2-bit
     counts = _signature_operator_counts(path)
     assert counts["advance_quiet"] < counts["advance"], counts
     # Called too early (step 1 < quiet_from), it says so with NaN logits, not wrong ones.
@@ -150,12 +150,12 @@ def test_advance_quiet_skips_the_first_neurons_with_the_same_numbers(exported):
 
 
 def test_snn_full_skips_each_layer_from_its_quiet_bound(exported, tmp_path):
-    """Over 9 steps the full-window program leaves out the first neuron layers from step 4
-    on and the second ones from step 7 on (their input ends at step 3): still the logits of
-    the same SNN simulated for 9 steps."""
+    """Over 9 steps the full-window program leaves out the first neuron layers from step 3
+    on and the second ones from step 5 on (their input is zero from step 3): still the
+    logits of the same SNN simulated for 9 steps."""
     _, snn, x, _ = exported
     bounds = sorted(set(Program(snn).quiet_from.values()))
-    assert bounds[:2] == [4, 7]  # 2-bit: L + 1 and 2L + 1
+    assert bounds[:2] == [3, 5]  # 2-bit: L and 2L - 1
     path = export.export_tflite(snn, tmp_path / "full9.tflite", "snn_full", timesteps=9).path
     _close(export_runtime.predict(path, x), qffs_tf.simulate(snn, x, timesteps=9).logits[:, -1])
 

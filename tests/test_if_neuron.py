@@ -116,24 +116,39 @@ def test_arithmetic_form_equals_comparisons(neuron_name, theta):
 @pytest.mark.parametrize("levels", [1, 3, 7])
 def test_without_input_a_neuron_is_quiet_after_quiet_within_steps(neuron_name, levels):
     """The bound the engine relies on to skip the end of a window (exact only if it holds):
-    from any state, with no input, spikes come only in the first quiet_within(L) steps."""
+    once the input stops, spikes come only in the next quiet_within(L) = L - 1 steps, from
+    the initial state and from any state an update left (random inputs for 0 to 2L + 1
+    steps before). An arbitrary state can take L steps: the bound is for reachable ones."""
     neuron = qffs_tf.snn.get_neuron(neuron_name)
     bound = neuron.quiet_within(levels)
-    assert bound == levels
+    assert bound == levels - 1
+    threshold = 0.75
     rng = np.random.default_rng(levels)
-    membrane = rng.uniform(-3 * levels, 3 * levels, 5000).astype(np.float32)
-    count = rng.integers(0, levels + 1, 5000).astype(np.float32)
-    state = [tf.constant(membrane), tf.constant(count)]
-    zero = tf.zeros_like(state[0])
-    spikes = []
-    for _ in range(3 * levels + 2):
-        fired, state = neuron.update(zero, state, 1.0, levels)
-        spikes.append(fired.numpy())
-        if len(spikes) == bound:
-            settled = [s.numpy() for s in state]
-    spikes = np.stack(spikes)
-    assert np.abs(spikes[bound - 1]).sum() > 0  # tight: some neurons spike until the end
-    np.testing.assert_array_equal(spikes[bound:], 0.0)
-    for got, want in zip(state, settled, strict=True):
-        np.testing.assert_array_equal(got.numpy(), want)
+    last_spike_at_bound = False
+    for inputs_before in range(2 * levels + 2):
+        state = neuron.initial_state([5000], threshold, levels)
+        for _ in range(inputs_before):
+            current = rng.uniform(-3, 3, 5000).astype(np.float32) * levels * threshold
+            _, state = neuron.update(tf.constant(current), state, threshold, levels)
+        zero = tf.zeros_like(state[0])
+        spikes = []
+        for _ in range(3 * levels + 2):
+            fired, state = neuron.update(zero, state, threshold, levels)
+            spikes.append(fired.numpy())
+            if len(spikes) == bound:
+                settled = [s.numpy() for s in state]
+        spikes = np.stack(spikes)
+        np.testing.assert_array_equal(spikes[bound:], 0.0)
+        if bound > 0:
+            last_spike_at_bound |= bool(np.abs(spikes[bound - 1]).sum() > 0)
+            for got, want in zip(state, settled, strict=True):
+                np.testing.assert_array_equal(got.numpy(), want)
+    assert last_spike_at_bound or bound == 0  # tight: some neurons spike until the bound
+    # From an arbitrary state (n = 0, v far above theta) the L-th spike comes at step L - 1.
+    far = [tf.fill([1], 10.0 * levels * threshold), tf.zeros([1])]
+    fired = []
+    for _ in range(levels):
+        spike, far = neuron.update(tf.zeros([1]), far, threshold, levels)
+        fired.append(float(spike[0]))
+    assert fired == [1.0] * levels
     assert qffs_tf.snn.get_neuron("rate").quiet_within(levels) is None  # no cap: no bound

@@ -224,9 +224,9 @@ def test_steps_after_the_quiet_bound_are_skipped_exactly(timesteps):
     program = Program(skipping)
     assert not Program(computing).quiet_from
     # The fixture's 7 neuron layers are in series (the residual Add joins a layer and its own
-    # reader): the static value arrives at step 0, so the n-th layer's input ends at step
-    # (n - 1) L and it is quiet from n L + 1, with L = 3 at 2 bits.
-    assert sorted(program.quiet_from.values()) == [3 * n + 1 for n in range(1, 8)]
+    # reader): the static value arrives at step 0 only, so the n-th layer's input is zero from
+    # 1 + (n - 1)(L - 1) and it is quiet from 1 + n (L - 1), with L = 3 at 2 bits.
+    assert sorted(program.quiet_from.values()) == [2 * n + 1 for n in range(1, 8)]
     state, per_step = memory_estimate(program, len(x))
     for budget in (float("inf"), (state + 2 * per_step) / 2**20):  # whole, chunks of 2
         assert_same_run(qffs_tf.simulate(skipping, x, max_memory_mb=budget), reference)

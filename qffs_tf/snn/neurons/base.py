@@ -69,11 +69,16 @@ class NeuronModel:
         raise NotImplementedError
 
     def quiet_within(self, levels: int) -> int | None:
-        """A bound k: a neuron that receives no input spikes only in the first k steps and
-        then keeps its state, whatever its state was; None if the model gives no bound.
+        """A bound k: a neuron whose input stops spikes in at most the first k steps without
+        input and then keeps its state; None if the model gives no bound.
 
-        The engine then computes a window whose input arrives at its first step only for
-        k + 1 steps and knows the rest is zero (exact only if the bound holds).
+        The bound must hold from every state the engine can hand over at the step the input
+        stops: the model's initial state, and any state an update (with any input) left.
+        A bound that holds from every state whatsoever is also valid, only looser.
+
+        The engine then knows a layer whose input is zero from step z quiet from z + k
+        (`Program.quiet_from`), and neither computes nor stores those steps (exact only
+        if the bound holds).
 
         Parameters
         ----------
@@ -88,7 +93,7 @@ class NeuronModel:
         Example
         -------
         >>> get_neuron("qffs").quiet_within(3)
-        3
+        2
         """
         return None
 

@@ -51,8 +51,11 @@ class QFFSNeuron(NeuronModel):
     def quiet_within(self, levels: int) -> int:
         # Without input, +1 spikes need v >= theta and n < L and leave v >= 0, so no -1 can
         # follow; -1 spikes need v < 0 and n > 0 and leave v < theta, so no +1 can follow.
-        # One sign only, then: at most L - n or n steps, each moving n by one within [0, L].
-        return int(levels)
+        # One sign only, then, each spike moving n by one within [0, L]. The state the input
+        # leaves is settled (the initial state, or an update that fired nothing: the same
+        # tests fail again without input) or just fired: +1 leaves n >= 1, -1 leaves
+        # n <= L - 1, so at most L - 1 more spikes. (From an arbitrary state it would be L.)
+        return int(levels) - 1
 
 
 @register_neuron
