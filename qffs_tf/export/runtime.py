@@ -84,9 +84,10 @@ class StreamingRunner:
     By default `start(image)` runs step 0 and `advance()` each further step (the image's
     layers run once per window); with `image_every_step`, or for files exported before
     `start` existed, `reset()` begins a window and `step(image)` runs every step. Both give
-    the same numbers. Where the file has `advance_quiet`, it runs the steps from the one
-    `start` names (`quiet_from`): the first neuron layers are quiet by then, and it skips
-    them and what reads only them, with the same numbers as `advance`.
+    the same numbers. Where the file has `advance_quiet` (and `advance_quiet_2`, ...), each
+    runs the steps from the one `start` names for it (`quiet_from`, one step per signature):
+    more neuron layers are quiet from each, and it skips them and what reads only them,
+    with the same numbers as `advance`.
 
     Parameters
     ----------
@@ -95,8 +96,14 @@ class StreamingRunner:
     image_every_step : bool
         Use `reset` / `step(image)` even where `start` / `advance` exist.
     skip_quiet : bool
-        Use `advance_quiet` where the file has it (default); False runs `advance` throughout
-        (to compare or time the two).
+        Use the `advance_quiet*` signatures where the file has them (default); False runs
+        `advance` throughout (to compare or time the two).
+
+    Attributes
+    ----------
+    quiet_from : tuple of int
+        Set by step 0: the step from which each `advance_quiet*` signature runs (empty
+        where there is none or `skip_quiet` is False).
 
     Example
     -------
@@ -110,17 +117,20 @@ class StreamingRunner:
         self.masked = image_every_step or "start" not in signatures
         names = ("reset", "step") if self.masked else ("start", "advance")
         self._begin, self._next = (runtime.get_signature_runner(name) for name in names)
-        self._quiet = None
-        if skip_quiet and not self.masked and "advance_quiet" in signatures:
-            self._quiet = runtime.get_signature_runner("advance_quiet")
-        self.quiet_from: int | None = None  # set by `start`, in files that have advance_quiet
+        self._quiet = []  # advance_quiet, advance_quiet_2, ... as far as the file has them
+        while skip_quiet and not self.masked:
+            name = "advance_quiet" if not self._quiet else f"advance_quiet_{len(self._quiet) + 1}"
+            if name not in signatures:
+                break
+            self._quiet.append(runtime.get_signature_runner(name))
+        self.quiet_from: tuple[int, ...] = ()
         step = runtime.get_signature_runner("step")
         self.batch_size = int(step.get_input_details()["image"]["shape"][0])
 
     @property
     def skips_quiet(self) -> bool:
-        """Whether later steps run `advance_quiet` (the file has it and it was not turned off)."""
-        return self._quiet is not None
+        """Whether later steps run `advance_quiet*` (the file has it and it was not turned off)."""
+        return bool(self._quiet)
 
     def begin_window(self) -> None:
         """Before step 0 of a window: `reset` in the image-every-step way, nothing otherwise
@@ -136,11 +146,13 @@ class StreamingRunner:
         if t == 0:
             outputs = self._begin(image=image)
             quiet_from = outputs.pop("quiet_from", None)
-            if self._quiet is not None:
-                self.quiet_from = int(quiet_from)
+            if self._quiet:  # files of one advance_quiet gave a scalar
+                self.quiet_from = tuple(int(b) for b in np.atleast_1d(quiet_from))
             return outputs
-        if self.quiet_from is not None and t >= self.quiet_from:
-            return self._quiet()  # the first neuron layers are quiet by now: skipped
+        # The latest signature whose bound has come: its layers are quiet by now, skipped.
+        for bound, signature in reversed(list(zip(self.quiet_from, self._quiet, strict=True))):
+            if t >= bound:
+                return signature()
         return self._next()
 
 

@@ -54,6 +54,10 @@ __all__ = ["KINDS", "ExportResult", "export_tflite", "operator_names", "check_bu
 KINDS = ("qann_float", "qann_int8", "snn_full", "snn_step")
 DEFAULT_TIMESTEPS = 8
 STREAMING_SIGNATURES = ("reset", "step", "start", "advance")
+# At most this many `advance_quiet*` signatures: each is a copy of the step's operators (the
+# weights are shared), and bounds come every L - 1 steps, so a deep network at a long window
+# would have many, most past any step a caller reaches.
+MAX_QUIET_SIGNATURES = 8
 MAX_CALIBRATION_SAMPLES = 512
 
 
@@ -145,6 +149,25 @@ def _snn_full_function(snn: keras.Model, timesteps: int):
     return snn_full
 
 
+def quiet_signature_bounds(quiet_from: dict[str, int], window: int) -> list[int]:
+    """The steps from which the streaming file's `advance_quiet*` signatures run: the first
+    quiet bound always, the later ones inside the window (a step past it is rarely run),
+    at most `MAX_QUIET_SIGNATURES`."""
+    bounds = sorted(set(quiet_from.values()))
+    return [b for i, b in enumerate(bounds) if i == 0 or b < window][:MAX_QUIET_SIGNATURES]
+
+
+def quiet_signature_names(count: int) -> list[str]:
+    """`advance_quiet`, `advance_quiet_2`, ...: one per quiet bound, in step order."""
+    return ["advance_quiet" if k == 1 else f"advance_quiet_{k}" for k in range(1, count + 1)]
+
+
+def _named(name: str, function: Callable) -> Callable:
+    """`function` under `name`: TFLite takes a signature's key from its function's name."""
+    function.__name__ = function.__qualname__ = name
+    return function
+
+
 class _Untracked:
     """Holds a value out of sight of tf.Module's attribute tracking."""
 
@@ -156,7 +179,7 @@ class _StreamingSNN(tf.Module):
     """The program's state in variables, with the streaming functions to export (see the module
     docstring: `start` / `advance`, `reset` / `step`)."""
 
-    def __init__(self, snn: keras.Model, batch_size: int):
+    def __init__(self, snn: keras.Model, batch_size: int, window: int):
         super().__init__(name="snn_step")
         self._program = _Untracked(Program(snn))  # the weights are tracked, not the layers
         self.weights = list(snn.weights)
@@ -175,13 +198,12 @@ class _StreamingSNN(tf.Module):
         self.t = tf.Variable(0, dtype=tf.int32, trainable=False, name="step_counter")
         self.batch_size = int(batch_size)
         image = tf.TensorSpec([batch_size, *self.shape], tf.float32, name="image")
-        # From this step on the first neuron layers (fed once by the image) are quiet, and
-        # `advance_quiet` skips them and what reads only them (see `Program.quiet_from`;
-        # the later layers' bounds come later still, mostly past the window).
-        bounds = self._program.value.quiet_from
-        self.quiet_from = min(bounds.values()) if bounds else None
-        self.quiet = self._program.value.quiet_at(self.quiet_from) if bounds else frozenset()
-        self.signature_names = list(STREAMING_SIGNATURES) + (["advance_quiet"] if bounds else [])
+        # From each bound on (`Program.quiet_from`) more neuron layers are quiet, and the
+        # `advance_quiet*` signature for that bound leaves them out with what reads only them.
+        program = self._program.value
+        self.quiet_bounds = quiet_signature_bounds(program.quiet_from, window)
+        quiet_names = quiet_signature_names(len(self.quiet_bounds))
+        self.signature_names = list(STREAMING_SIGNATURES) + quiet_names
 
         # The TFLite signature keys are the Python names of these functions.
         def reset():
@@ -196,14 +218,19 @@ class _StreamingSNN(tf.Module):
         def advance():
             return self._advance_fn()
 
-        def advance_quiet():
-            return self._advance_fn(self.quiet)
-
         self.reset = tf.function(reset, input_signature=[], autograph=False)
         self.step = tf.function(step, input_signature=[image], autograph=False)
         self.start = tf.function(start, input_signature=[image], autograph=False)
         self.advance = tf.function(advance, input_signature=[], autograph=False)
-        self.advance_quiet = tf.function(advance_quiet, input_signature=[], autograph=False)
+        for name, bound in zip(quiet_names, self.quiet_bounds, strict=True):
+            quiet = self._advance_from(name, bound)
+            setattr(self, name, tf.function(quiet, input_signature=[], autograph=False))
+
+    def _advance_from(self, name: str, bound: int) -> Callable:
+        def advance_quiet():
+            return self._advance_fn(bound)
+
+        return _named(name, advance_quiet)
 
     def _reset_fn(self):
         for name, variables in self.state.items():
@@ -222,19 +249,21 @@ class _StreamingSNN(tf.Module):
         """Step 0 from the initial state: the static part runs here, once."""
         self.t.assign(0)
         outputs = self._run(image, _constants(self.initial), True)
-        if self.quiet_from is not None:  # tells the caller when `advance_quiet` may take over
-            outputs["quiet_from"] = tf.constant(self.quiet_from, tf.int32)
+        if self.quiet_bounds:  # tells the caller when each `advance_quiet*` may take over
+            outputs["quiet_from"] = tf.constant(self.quiet_bounds, tf.int32)
         return outputs
 
-    def _advance_fn(self, quiet: frozenset = frozenset()):
+    def _advance_fn(self, bound: int | None = None):
         """The next step without the image: the "once" coding delivers nothing after step 0,
-        and the "constant" coding's value is in the state (ToTemporal keeps it). Layers in
-        `quiet` are neither computed nor their state read or written."""
+        and the "constant" coding's value is in the state (ToTemporal keeps it). With a
+        quiet `bound`, the layers quiet from it on are neither computed nor their state read
+        or written."""
+        quiet = frozenset() if bound is None else self._program.value.quiet_at(bound)
         outputs = self._run(None, self._read(skip=quiet), False, quiet)
         if quiet:
-            # Called before `quiet_from`, the skipped layers could still have spiked: say so
+            # Called before its bound, the skipped layers could still have spiked: say so
             # with NaN logits rather than return wrong ones (a scalar select, ~1 us).
-            early = tf.less_equal(outputs["step"], self.quiet_from)
+            early = tf.less_equal(outputs["step"], bound)
             guard = tf.where(early, tf.constant(np.nan, tf.float32), tf.constant(0.0))
             outputs["logits"] = outputs["logits"] + guard
         return outputs
@@ -497,7 +526,7 @@ def export_tflite(
                 )
             else:
                 snn = _snn_for(model, timesteps)
-                module = _StreamingSNN(snn, batch)
+                module = _StreamingSNN(snn, batch, int(timesteps or timesteps_of(snn)))
                 functions = [
                     getattr(module, name).get_concrete_function() for name in module.signature_names
                 ]
