@@ -5,9 +5,12 @@ Exports, for one model, `qann_float` and `snn_full` (dynamic batch) and `snn_ste
 with this checkout's `export_tflite` (and, with --baseline, with an earlier commit's too;
 with --int8_weights, the SNN files also with int8 weights, an approximation),
 then times them in interleaved rounds in one process: `qann_float` and `snn_full` per image
-at each batch size, `snn_step` per step at batch 1. The minimum over rounds of each block's
-median is reported, and every SNN time is also given relative to `qann_float` of the same
-version and batch. Second interpreters of two of the files, timed the same way, give the
+at each batch size, `snn_step` per step at batch 1 (whole T-step windows, divided by T).
+The minimum over rounds of each block's median is reported, and every SNN time is also
+given relative to `qann_float` of the same version and batch. The streaming file is timed
+through `StreamingRunner` (Python: each call sets inputs and reads outputs) and as bare
+invokes (what a device pays); `qann_float` as a bare invoke and with the Python I/O, so
+that each way has its like to compare with. Second interpreters of two of the files, timed the same way, give the
 run's noise floor. Writes JSON and a markdown table under benchmarks/results/tflite/.
 
     .venv/bin/python benchmarks/bench_tflite.py --run_dir=runs/quickstart --baseline=be320a4
@@ -46,6 +49,7 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_string("output", "benchmarks/results/tflite/latency", "Output prefix (.json, .md).")
 FLAGS = flags.FLAGS
+IO_QANN = "qann_float, Python I/O"
 
 
 def _qat_model(package):
@@ -75,9 +79,10 @@ def _export(package, folder: str, int8_weights: bool = False) -> dict[str, str]:
 
 
 class _Single:
-    """One single-signature file at one batch size: invoke() runs it once."""
+    """One single-signature file at one batch size: invoke() runs it once; with `io`, it
+    also sets the input and reads the output, as a Python caller does (`runtime.predict`)."""
 
-    def __init__(self, path: str, batch: int, image):
+    def __init__(self, path: str, batch: int, image, io: bool = False):
         import numpy as np
 
         from qffs_tf.export import runtime
@@ -86,11 +91,48 @@ class _Single:
         detail = self.runtime.get_input_details()[0]
         self.runtime.resize_tensor_input(detail["index"], [batch, *image.shape])
         self.runtime.allocate_tensors()
-        self.runtime.set_tensor(detail["index"], np.repeat(image[None], batch, axis=0))
+        self.batch = np.repeat(image[None], batch, axis=0)
+        self.runtime.set_tensor(detail["index"], self.batch)
+        self.input, self.output = detail["index"], self.runtime.get_output_details()[0]["index"]
+        self.io = io
         self.per = batch
 
     def invoke(self):
+        if self.io:
+            self.runtime.set_tensor(self.input, self.batch)
         self.runtime.invoke()
+        if self.io:
+            self.runtime.get_tensor(self.output)
+
+
+class _BareSignatures:
+    """A LiteRT interpreter whose signature runners, after a first real call, only invoke
+    their subgraph: no input set, no output read, as a C++ program that keeps its buffers
+    does. `StreamingRunner` takes it for an interpreter, so the bare way steps the window
+    exactly as the Python way. LiteRT's Python API has no public invoke of one signature
+    without I/O, hence its internals here (benchmark only)."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def get_signature_list(self):
+        return self.runtime.get_signature_list()
+
+    def get_signature_runner(self, name: str):
+        runner = self.runtime.get_signature_runner(name)
+        if name == "step":  # the runner only reads its input details
+            return runner
+        wrapper, subgraph = runner._interpreter_wrapper, runner._subgraph_index
+        outputs = {}
+
+        def bare(**inputs):
+            if not outputs:
+                outputs.update(runner(**inputs))  # allocates; start's quiet_from is constant
+            else:
+                wrapper.Invoke(subgraph)
+            return dict(outputs)
+
+        return bare
 
 
 class _Stream:
@@ -101,12 +143,20 @@ class _Stream:
     steps and taking their median, as this script did before, reports whichever kind of
     step is the more common in the block, not the mean.)"""
 
-    def __init__(self, path: str, image, image_every_step: bool, skip_quiet: bool = True):
+    def __init__(
+        self,
+        path: str,
+        image,
+        image_every_step: bool,
+        skip_quiet: bool = True,
+        bare: bool = False,
+    ):
         from qffs_tf.export import runtime
 
-        self.runner = runtime.StreamingRunner(
-            runtime.interpreter(path, FLAGS.num_threads), image_every_step, skip_quiet
-        )
+        interpreter = runtime.interpreter(path, FLAGS.num_threads)
+        if bare:
+            interpreter = _BareSignatures(interpreter)
+        self.runner = runtime.StreamingRunner(interpreter, image_every_step, skip_quiet)
         self.image = image[None].astype("float32")
         self.per = FLAGS.timesteps
 
@@ -141,10 +191,16 @@ def main(argv: list[str]) -> None:
         for batch in map(int, FLAGS.batch_sizes):
             for kind in ("qann_float", "snn_full"):
                 runners[(version, kind, batch)] = _Single(paths[kind], batch, image)
+        # The Python way pays ~20 us per call on either side (input, outputs, the runner):
+        # the QANN is timed both ways, the streaming SNN too (bare: what a device pays).
+        runners[(version, IO_QANN, 1)] = _Single(paths["qann_float"], 1, image, io=True)
         stream = _Stream(paths["snn_step"], image, image_every_step=False)
         # Files from before `start` / `advance` have only the masked way.
         if not stream.runner.masked:
             runners[(version, "snn_step start/advance", 1)] = stream
+            runners[(version, "snn_step start/advance, bare invokes", 1)] = _Stream(
+                paths["snn_step"], image, image_every_step=False, bare=True
+            )
         if stream.runner.skips_quiet:  # the same file without `advance_quiet`, to compare
             runners[(version, "snn_step start/advance, no advance_quiet", 1)] = _Stream(
                 paths["snn_step"], image, image_every_step=False, skip_quiet=False
@@ -178,6 +234,7 @@ def main(argv: list[str]) -> None:
     rows = []
     for (version, kind, batch), seconds in best.items():
         qann = best[(version, "qann_float", batch)]
+        with_io = best.get((version, IO_QANN, batch))
         rows.append(
             {
                 "version": version,
@@ -185,6 +242,7 @@ def main(argv: list[str]) -> None:
                 "batch": batch,
                 "ms_per_image": 1e3 * seconds,
                 "relative_to_qann_float": seconds / qann,
+                "relative_to_qann_float_with_io": None if with_io is None else seconds / with_io,
                 "timesteps": FLAGS.timesteps if kind == "snn_full" else None,
             }
         )
@@ -204,7 +262,7 @@ def main(argv: list[str]) -> None:
         f"invocations; snn_full runs T = {FLAGS.timesteps}.",
         "",
         markdown_table(
-            ["version", "file", "batch", "ms per image", "x qann_float (same batch)"],
+            ["version", "file", "batch", "ms per image", "x qann_float", f"x {IO_QANN}"],
             (
                 [
                     row["version"],
@@ -212,10 +270,13 @@ def main(argv: list[str]) -> None:
                     row["batch"],
                     f"{row['ms_per_image']:.4f}",
                     f"{row['relative_to_qann_float']:.2f}",
+                    "-"
+                    if row["relative_to_qann_float_with_io"] is None
+                    else f"{row['relative_to_qann_float_with_io']:.2f}",
                 ]
                 for row in rows
             ),
-            "llrrr",
+            "llrrrr",
         ),
     ]
     spreads = [
