@@ -125,28 +125,44 @@ def _signature_operator_counts(path) -> dict[str, int]:
     return counts
 
 
-def test_advance_quiet_skips_the_first_neurons_with_the_same_numbers(exported):
-    """From the step `start` names on, the runner calls `advance_quiet`, which leaves out the
-    first neuron layers (quiet by then) and what reads only them: the same logits and spikes
-    bit for bit as `advance` (the skipped layers add exact zeros there), in a smaller graph."""
-    _, snn, x, files = exported
-    path = files["snn_step"].path
-    steps = TIMESTEPS + 4  # well past the bound: several advance_quiet steps
+def test_advance_quiet_signatures_skip_quiet_layers_with_the_same_numbers(exported, tmp_path):
+    """A snn_step file for a 9-step window has an `advance_quiet*` signature per quiet bound
+    inside it (2-bit: 3, 5, 7 as far as the network has layers); from each bound `start` names on, the runner calls the one
+    that leaves out the neuron layers quiet by then and what reads only them: the same
+    logits and spikes bit for bit as `advance` (the skipped layers add exact zeros there),
+    each in a smaller graph than the one before."""
+    _, snn, x, _ = exported
+    result = export.export_tflite(snn, tmp_path / "step9.tflite", "snn_step", timesteps=9)
+    bounds = sorted(set(Program(snn).quiet_from.values()))
+    inside = [b for b in bounds if b < 9]
+    # 2-bit: the first layers from L = 3, each layer behind L - 1 = 2 steps later.
+    assert len(inside) >= 2 and inside == [3 + 2 * k for k in range(len(inside))], bounds
+    names = ["advance_quiet"] + [f"advance_quiet_{k}" for k in range(2, len(inside) + 1)]
+    assert result.signatures == ["reset", "step", "start", "advance", *names]
+    path = result.path
+    steps = 12  # past the window too: the last signature keeps running
     skipping, skipping_spikes = export_runtime.stream(path, x, steps)
     plain, plain_spikes = export_runtime.stream(path, x, steps, skip_quiet=False)
     np.testing.assert_array_equal(skipping, plain)
     np.testing.assert_array_equal(skipping_spikes, plain_spikes)
+    assert plain_spikes[:, 1:].sum() > 0  # the later steps do spike: the skips are tested
     runner = export_runtime.StreamingRunner(export_runtime.interpreter(path))
     runner.begin_window()
     runner.step(0, x[:1])
-    bounds = Program(snn).quiet_from
-    assert runner.quiet_from == min(bounds.values()) == 3  # the first layers: L, 2-bit
+    assert runner.quiet_from == tuple(inside)
     counts = _signature_operator_counts(path)
-    assert counts["advance_quiet"] < counts["advance"], counts
-    # Called too early (step 1 < quiet_from), it says so with NaN logits, not wrong ones.
+    sizes = [counts[name] for name in ["advance", *names]]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes), counts
+    # Called too early (step 1 or the step before its bound), each says so with NaN logits,
+    # not wrong ones.
     runtime = export_runtime.interpreter(path)
-    runtime.get_signature_runner("start")(image=x[:1])
-    assert np.isnan(runtime.get_signature_runner("advance_quiet")()["logits"]).all()
+    for name, bound in zip(names, inside, strict=True):
+        start = runtime.get_signature_runner("start")
+        for early in (1, bound - 1):
+            start(image=x[:1])
+            for _ in range(early - 1):
+                runtime.get_signature_runner("advance")()
+            assert np.isnan(runtime.get_signature_runner(name)()["logits"]).all(), (name, early)
 
 
 def test_snn_full_skips_each_layer_from_its_quiet_bound(exported, tmp_path):
