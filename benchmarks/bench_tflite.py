@@ -10,8 +10,9 @@ The minimum over rounds of each block's median is reported, and every SNN time i
 given relative to `qann_float` of the same version and batch. The streaming file is timed
 through `StreamingRunner` (Python: each call sets inputs and reads outputs) and as bare
 invokes (what a device pays); `qann_float` as a bare invoke and with the Python I/O, so
-that each way has its like to compare with. Second interpreters of two of the files, timed the same way, give the
-run's noise floor. Writes JSON and a markdown table under benchmarks/results/tflite/.
+that each way has its like to compare with. Second interpreters of two of the files, timed
+the same way, give the run's noise floor. Writes JSON and a markdown table under
+benchmarks/results/tflite/.
 
     .venv/bin/python benchmarks/bench_tflite.py --run_dir=runs/quickstart --baseline=be320a4
 """

@@ -127,10 +127,10 @@ def _signature_operator_counts(path) -> dict[str, int]:
 
 def test_advance_quiet_signatures_skip_quiet_layers_with_the_same_numbers(exported, tmp_path):
     """A snn_step file for a 9-step window has an `advance_quiet*` signature per quiet bound
-    inside it (2-bit: 3, 5, 7 as far as the network has layers); from each bound `start` names on, the runner calls the one
-    that leaves out the neuron layers quiet by then and what reads only them: the same
-    logits and spikes bit for bit as `advance` (the skipped layers add exact zeros there),
-    each in a smaller graph than the one before."""
+    inside it (2-bit: 3, 5, 7 as far as the network has layers); from each bound `start`
+    names on, the runner calls the one that leaves out the neuron layers quiet by then and
+    what reads only them: the same logits and spikes bit for bit as `advance` (the skipped
+    layers add exact zeros there), each in a smaller graph than the one before."""
     _, snn, x, _ = exported
     result = export.export_tflite(snn, tmp_path / "step9.tflite", "snn_step", timesteps=9)
     bounds = sorted(set(Program(snn).quiet_from.values()))
@@ -416,6 +416,25 @@ def test_bin_export_end_to_end(tmp_path):
     assert report["tflite_parity"]["snn_full"]["timesteps"] == 3
     assert "qann_float" in done.stdout and "top-1" in done.stdout
     assert all(report["tflite_files"][k]["weights"] == "float32" for k in ("snn_full", "snn_step"))
+    # bin/benchmark_tflite then times the run's files (latency itself belongs to benchmarks/).
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "bin", "benchmark_tflite"),
+        f"--run_dir={tmp_path}",
+    ]
+    flags = ["--runs=3", "--warmup=1", "--max_timesteps=4"]
+    done = subprocess.run([*command, *flags], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "tflite" / "benchmark.json").read_text())["results"]
+    names = [row["model"] for row in rows]
+    assert names == [
+        "qann_float",
+        "qann_int8",
+        *[f"snn_full T={t}" for t in range(1, 5)],
+        "snn_step start/advance (per step)",
+        "snn_step reset/step (per step)",
+    ]
+    assert all(row["runs"] == 3 and row["median_ms"] > 0 for row in rows), rows
 
 
 def test_bin_export_with_int8_snn_weights_reports_an_approximation(tmp_path):

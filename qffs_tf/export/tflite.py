@@ -13,12 +13,14 @@ Four kinds of file:
   `advance()` for each further step, which never recomputes the layers on the image (the
   fast way); or `reset()` then `step(image)` at every step, for a caller that feeds the
   image every time (the image's layers then run at every step, masked after step 0). Each
-  returns the logits so far, the spikes in that step and the step count. Where the first
-  neuron layers have a quiet bound (`Program.quiet_from`: QFFS and plain IF neurons fed once
-  by the image spike only in steps 0..L), `start` also returns `quiet_from`, and from that
-  step on `advance_quiet()` does what `advance()` does without those layers and what reads
-  only them (the same numbers: they would add exact zeros). `snn_full` leaves every neuron
-  layer out from its own bound on (`Program.quiet_at`).
+  returns the logits so far, the spikes in that step and the step count. Where neuron
+  layers have quiet bounds (`Program.quiet_from`: QFFS and plain IF neurons fed once by the
+  image spike only in steps 0..L - 1, the layers behind them fall quiet L - 1 steps later
+  each), `start` also returns `quiet_from`, those inside the exported window (the first
+  always; at most `MAX_QUIET_SIGNATURES`), and from the k-th on `advance_quiet()` (k = 1),
+  `advance_quiet_2()`, ... do what `advance()` does without the layers quiet by then and
+  what reads only them (the same numbers: they would add exact zeros). `snn_full` leaves
+  every neuron layer out from its own bound on (`Program.quiet_at`).
 
 The SNN kinds can also be written with int8 weights (`int8_weights=True`: the converter's
 dynamic-range quantization, float activations and state). That is faster on XNNPACK but an
@@ -471,10 +473,11 @@ def export_tflite(
     - kind="snn_full": `model` is an SNN from `qffs_tf.convert` (or a QAT model, converted
       here); runs `timesteps` steps (default: the SNN's own) and returns the final logits.
     - kind="snn_step": streaming model with signatures `start(image)` and `advance()` (step
-      0, then one step each; the image's layers run once), `advance_quiet()` (the same from
-      the step `start` returns as `quiet_from`, without the first neuron layers, quiet by
-      then; only where they have a bound), and `reset()` and `step(image)` (the image at
-      every step).
+      0, then one step each; the image's layers run once), `advance_quiet()`,
+      `advance_quiet_2()`, ... (the same from each step `start` returns in `quiet_from`,
+      without the neuron layers quiet by then; only where they have bounds, those inside
+      the window of `timesteps` steps), and `reset()` and `step(image)` (the image at every
+      step).
     `int8_weights=True` (SNN kinds only) stores the weights in int8 (dynamic-range
     quantization): smaller and faster files that approximate the SNN (see the module
     docstring). `batch_size` fixes the batch dimension (default: dynamic for all kinds
