@@ -17,6 +17,27 @@ __all__ = ["interpreter", "predict", "stream", "input_batch_size", "StreamingRun
 _CHUNK = 256
 
 
+def quiet_signature_name(k: int) -> str:
+    """Name of a snn_step file's k-th quiet signature (k = 1, 2, ...), in bound order.
+
+    Parameters
+    ----------
+    k : int
+        1 for the first quiet bound, 2 for the next, ...
+
+    Returns
+    -------
+    str
+        `advance_quiet`, `advance_quiet_2`, ...
+
+    Example
+    -------
+    >>> quiet_signature_name(2)
+    'advance_quiet_2'
+    """
+    return "advance_quiet" if k == 1 else f"advance_quiet_{k}"
+
+
 def interpreter(path: str | os.PathLike, num_threads: int | None = None):
     """A LiteRT Interpreter for the file at `path` (XNNPACK applied by default)."""
     from ai_edge_litert.interpreter import Interpreter
@@ -119,7 +140,7 @@ class StreamingRunner:
         self._begin, self._next = (runtime.get_signature_runner(name) for name in names)
         self._quiet = []  # advance_quiet, advance_quiet_2, ... as far as the file has them
         while skip_quiet and not self.masked:
-            name = "advance_quiet" if not self._quiet else f"advance_quiet_{len(self._quiet) + 1}"
+            name = quiet_signature_name(len(self._quiet) + 1)
             if name not in signatures:
                 break
             self._quiet.append(runtime.get_signature_runner(name))

@@ -46,6 +46,7 @@ import numpy as np
 from qffs_tf._keras import keras, tf
 from qffs_tf.conversion.qann import folded_qann
 from qffs_tf.errors import ConversionError, ExportError, QFFSError
+from qffs_tf.export.runtime import quiet_signature_name
 from qffs_tf.io_utils import atomic_path
 from qffs_tf.snn.layers import ToTemporal
 from qffs_tf.snn.program import Program
@@ -151,17 +152,12 @@ def _snn_full_function(snn: keras.Model, timesteps: int):
     return snn_full
 
 
-def quiet_signature_bounds(quiet_from: dict[str, int], window: int) -> list[int]:
+def _quiet_signature_bounds(quiet_from: dict[str, int], window: int) -> list[int]:
     """The steps from which the streaming file's `advance_quiet*` signatures run: the first
     quiet bound always, the later ones inside the window (a step past it is rarely run),
     at most `MAX_QUIET_SIGNATURES`."""
     bounds = sorted(set(quiet_from.values()))
     return [b for i, b in enumerate(bounds) if i == 0 or b < window][:MAX_QUIET_SIGNATURES]
-
-
-def quiet_signature_names(count: int) -> list[str]:
-    """`advance_quiet`, `advance_quiet_2`, ...: one per quiet bound, in step order."""
-    return ["advance_quiet" if k == 1 else f"advance_quiet_{k}" for k in range(1, count + 1)]
 
 
 def _named(name: str, function: Callable) -> Callable:
@@ -203,8 +199,8 @@ class _StreamingSNN(tf.Module):
         # From each bound on (`Program.quiet_from`) more neuron layers are quiet, and the
         # `advance_quiet*` signature for that bound leaves them out with what reads only them.
         program = self._program.value
-        self.quiet_bounds = quiet_signature_bounds(program.quiet_from, window)
-        quiet_names = quiet_signature_names(len(self.quiet_bounds))
+        self.quiet_bounds = _quiet_signature_bounds(program.quiet_from, window)
+        quiet_names = [quiet_signature_name(k + 1) for k in range(len(self.quiet_bounds))]
         self.signature_names = list(STREAMING_SIGNATURES) + quiet_names
 
         # The TFLite signature keys are the Python names of these functions.
