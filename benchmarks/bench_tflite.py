@@ -162,9 +162,7 @@ class _Stream:
         self.per = FLAGS.timesteps
 
     def invoke(self):
-        self.runner.begin_window()
-        for t in range(FLAGS.timesteps):
-            self.runner.step(t, self.image)
+        self.runner.window(self.image, FLAGS.timesteps)
 
 
 def main(argv: list[str]) -> None:
@@ -192,8 +190,8 @@ def main(argv: list[str]) -> None:
         for batch in map(int, FLAGS.batch_sizes):
             for kind in ("qann_float", "snn_full"):
                 runners[(version, kind, batch)] = _Single(paths[kind], batch, image)
-        # The Python way pays ~20 us per call on either side (input, outputs, the runner):
-        # the QANN is timed both ways, the streaming SNN too (bare: what a device pays).
+        # The Python way pays for inputs, outputs and the runner on every call, on either
+        # side: the QANN is timed both ways, the streaming SNN too (bare: what a device pays).
         runners[(version, IO_QANN, 1)] = _Single(paths["qann_float"], 1, image, io=True)
         stream = _Stream(paths["snn_step"], image, image_every_step=False)
         # Files from before `start` / `advance` have only the masked way.

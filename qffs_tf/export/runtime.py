@@ -8,6 +8,7 @@ every step) and returns the logits after every step.
 
 from __future__ import annotations
 
+import bisect
 import os
 
 import numpy as np
@@ -129,8 +130,7 @@ class StreamingRunner:
     Example
     -------
     >>> runner = StreamingRunner(interpreter("snn_step.tflite"))
-    >>> runner.begin_window()
-    >>> outputs = [runner.step(t, image) for t in range(8)]
+    >>> outputs = runner.window(image, 8)  # or begin_window(), then step(t, image) per step
     """
 
     def __init__(self, runtime, image_every_step: bool = False, skip_quiet: bool = True):
@@ -171,10 +171,13 @@ class StreamingRunner:
                 self.quiet_from = tuple(int(b) for b in np.atleast_1d(quiet_from))
             return outputs
         # The latest signature whose bound has come: its layers are quiet by now, skipped.
-        for bound, signature in reversed(list(zip(self.quiet_from, self._quiet, strict=True))):
-            if t >= bound:
-                return signature()
-        return self._next()
+        come = bisect.bisect_right(self.quiet_from, t)
+        return self._quiet[come - 1]() if come else self._next()
+
+    def window(self, image: np.ndarray, timesteps: int) -> list[dict]:
+        """A whole window of `timesteps` steps on `image`: each step's outputs, in order."""
+        self.begin_window()
+        return [self.step(t, image) for t in range(timesteps)]
 
 
 def stream(
@@ -198,8 +201,7 @@ def stream(
     for start in range(0, len(images), size):
         count = len(images[start : start + size])
         chunk = _pad(images[start : start + size], size)
-        runner.begin_window()
-        per_step = [runner.step(t, chunk) for t in range(timesteps)]
+        per_step = runner.window(chunk, timesteps)
         logits.append(np.stack([out["logits"][:count] for out in per_step], axis=1))
         spikes.append(np.stack([out["spikes"][:count] for out in per_step], axis=1))
     return np.concatenate(logits), np.concatenate(spikes)

@@ -160,12 +160,6 @@ def _quiet_signature_bounds(quiet_from: dict[str, int], window: int) -> list[int
     return [b for i, b in enumerate(bounds) if i == 0 or b < window][:MAX_QUIET_SIGNATURES]
 
 
-def _named(name: str, function: Callable) -> Callable:
-    """`function` under `name`: TFLite takes a signature's key from its function's name."""
-    function.__name__ = function.__qualname__ = name
-    return function
-
-
 class _Untracked:
     """Holds a value out of sight of tf.Module's attribute tracking."""
 
@@ -228,7 +222,9 @@ class _StreamingSNN(tf.Module):
         def advance_quiet():
             return self._advance_fn(bound)
 
-        return _named(name, advance_quiet)
+        # TFLite takes a signature's key from its function's name.
+        advance_quiet.__name__ = advance_quiet.__qualname__ = name
+        return advance_quiet
 
     def _reset_fn(self):
         for name, variables in self.state.items():

@@ -84,9 +84,7 @@ def _time_steps(path: str, image, timesteps: int, image_every_step: bool) -> dic
     seconds = []
     for i in range(FLAGS.warmup + FLAGS.runs):
         start = time.perf_counter()
-        runner.begin_window()
-        for t in range(timesteps):
-            runner.step(t, value)
+        runner.window(value, timesteps)
         if i >= FLAGS.warmup:
             seconds.append((time.perf_counter() - start) / timesteps)
     return _stats(seconds)
