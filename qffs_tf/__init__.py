@@ -48,6 +48,7 @@ _PUBLIC = {
     "analyze": "evaluation",
     "Analysis": "evaluation",
     "SimulationResult": "simulation",
+    "SpikingNetwork": "snn",
     "folded_qann": "conversion",
 }
 _SUBMODULES = {

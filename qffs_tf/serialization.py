@@ -198,7 +198,8 @@ def load_model(
     -------
     tf_keras.Model
         The model, with qffs_tf's and tfmot's layers restored (a QAT model's wrappers are
-        `QuantizeWrapperV2`, a subclass of tfmot's).
+        `QuantizeWrapperV2`, a subclass of tfmot's). An SNN is a `SpikingNetwork`, also one
+        saved as a plain functional model by an earlier version.
 
     Raises
     ------
@@ -225,7 +226,7 @@ def load_model(
     _check_path(path)
     register_classes()
     try:
-        return keras.models.load_model(path, compile=compile, custom_objects=custom_objects)
+        model = keras.models.load_model(path, compile=compile, custom_objects=custom_objects)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, tf.errors.OpError) as e:
         # h5py raises OSError / KeyError for a truncated or foreign HDF5 file, Keras ValueError
         # for an unknown class or a bad format, TensorFlow OpError for a corrupt SavedModel.
@@ -234,6 +235,9 @@ def load_model(
             "If the file is truncated or corrupt, save the model again or restore it from a "
             "copy; if it uses your own layers, pass them as custom_objects."
         ) from e
+    # An SNN saved before `SpikingNetwork` existed is a plain functional model: the same
+    # graph and numbers, but Keras's layer-by-layer call skips no quiet step.
+    return qffs_tf.snn.as_spiking_network(model)
 
 
 register_classes()

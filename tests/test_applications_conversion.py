@@ -14,6 +14,7 @@ from test_applications_quantize import APPLICATIONS, BITS, randomise_batch_norm
 
 import qffs_tf
 from qffs_tf import models
+from qffs_tf._keras import keras
 
 # Converting and verifying doubles the quantize test's cost: `make test` keeps the two
 # smallest graphs (plain convolutions; depthwise with ReLU6), `make test-all` runs all eight.
@@ -26,7 +27,7 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "shape", "kwargs", "cap"), CASES)
 def test_application_converts_and_verifies(name, shape, kwargs, cap):
-    qffs_tf._keras.keras.utils.set_random_seed(1)
+    keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
     model = models.from_keras_application(name, shape, 10, **kwargs)
     randomise_batch_norm(model, rng)
@@ -43,3 +44,7 @@ def test_application_converts_and_verifies(name, shape, kwargs, cap):
     # The head is kept: the SNN returns probabilities, as the Keras model does.
     probabilities = snn.predict(x, verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # `predict` runs the SNN's Program (quiet steps skipped); Keras's layer-by-layer call of
+    # the same layers computes every step, and must give the same floats.
+    layer_by_layer = keras.Model(snn.inputs, snn.outputs)
+    np.testing.assert_array_equal(probabilities, layer_by_layer.predict(x, verbose=0))

@@ -127,7 +127,11 @@ def test_integer_snn_saves_and_loads(two_bit, tmp_path):
     path = str(tmp_path / "snn.keras")
     snn.save(path)
     loaded = qffs_tf.load_model(path)
+    assert isinstance(loaded, qffs_tf.SpikingNetwork)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), snn.predict(x, verbose=0))
+    # Its call runs the Program; Keras's layer-by-layer call of the same layers agrees.
+    layer_by_layer = keras.Model(snn.inputs, snn.outputs)
+    np.testing.assert_array_equal(snn.predict(x, verbose=0), layer_by_layer.predict(x, verbose=0))
 
 
 def test_auto_timesteps_in_integer_mode(two_bit):

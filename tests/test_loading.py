@@ -71,6 +71,7 @@ LOADER = textwrap.dedent(
             reference = np.load(f"{folder}/{key.split('.')[0]}_reference.npy")
             out[key] = {
                 "equal": bool(np.array_equal(model.predict(images, verbose=0), reference)),
+                "model_class": type(model).__name__,
                 "classes": [f"{type(layer).__module__}.{type(layer).__qualname__}"
                             for layer in model.layers],
             }
@@ -118,6 +119,8 @@ def test_every_saved_kind_loads_in_a_fresh_process(saved):
                 for name in built[key.split(".")[0]]
             ]
             assert result["classes"] == expected, (how, key)
+            if key.startswith("snn."):  # the model class too, whose call runs the Program
+                assert result["model_class"] == "SpikingNetwork", (how, key)
     assert fixed in results["keras"]["qat.h5"]["classes"]
     assert any(name.startswith("qffs_tf.snn.") for name in built["snn"])
 

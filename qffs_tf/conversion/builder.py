@@ -18,6 +18,7 @@ from qffs_tf.conversion.graph import Node
 from qffs_tf.conversion.rewrites import simplified_graph
 from qffs_tf.errors import ConversionError, InvalidArgumentError
 from qffs_tf.snn import layers as spiking
+from qffs_tf.snn.network import SpikingNetwork
 from qffs_tf.snn.neuron_layer import NeuronCell, SpikingNeurons
 from qffs_tf.snn.neurons import get_neuron
 from qffs_tf.snn.timesteps import check_timesteps
@@ -147,7 +148,7 @@ def build_snn(nodes: list[Node], output: str, timesteps: int, neuron="qffs") -> 
     charges = temporal_input(output)
     logits = spiking.Integrate(mean=constant_input, name=f"{output}_integrate")(charges)
     final = spiking.Readout(head, name=f"{output}_readout")([logits, model_input])
-    return keras.Model(model_input, final, name="snn")
+    return SpikingNetwork(model_input, final, name="snn")
 
 
 ARITHMETICS = ("float", "integer")

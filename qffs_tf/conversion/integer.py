@@ -34,6 +34,7 @@ from qffs_tf.conversion.rewrites import _move_maxpool_behind_activation, _remove
 from qffs_tf.errors import ConversionError
 from qffs_tf.snn import layers as spiking
 from qffs_tf.snn.integer import ExactIntegrate, ExactMembrane, IntegerQFFSNeuron, LevelOf, SumPool
+from qffs_tf.snn.network import SpikingNetwork
 from qffs_tf.snn.neuron_layer import NeuronCell, SpikingNeurons
 
 INTEGER_LIMIT = 2**24  # float32 adds integers exactly below this magnitude
@@ -381,7 +382,7 @@ class _Walk:
 def build_integer_snn(nodes: list[Node], output: str, timesteps: int) -> keras.Model:
     """The integer-mode SNN from `integer_graph` nodes (image in, readout after T steps out)."""
     walk = _Walk(nodes, output, "snn", timesteps)
-    return keras.Model(walk.image, walk.output, name="snn")
+    return SpikingNetwork(walk.image, walk.output, name="snn")
 
 
 def convert_integer(qat_model: keras.Model, timesteps: int, neuron="qffs") -> keras.Model:

@@ -4,6 +4,7 @@
 - `layers`: input coding, linear ops, pooling, the output integrator and readout;
 - `neurons/`: neuron models, one per file, registered by name ("qffs", "plain_if", "rate");
 - `neuron_layer`: the Keras RNN layer that runs a neuron model;
+- `network`: the converted SNN, a Keras model whose forward pass is its program;
 - `program`: the SNN's layer graph and the one step function that simulation and both
   TFLite programs run;
 - `timesteps`: the window length of an SNN.
@@ -22,6 +23,7 @@ from qffs_tf.snn.layers import (
     SpikingShapeOp,
     ToTemporal,
 )
+from qffs_tf.snn.network import SpikingNetwork, as_spiking_network
 from qffs_tf.snn.neuron_layer import NeuronCell, SpikingNeurons
 from qffs_tf.snn.neurons import NeuronModel, get_neuron, neuron_names, register_neuron
 from qffs_tf.snn.program import Program, layer_graph
@@ -41,9 +43,11 @@ __all__ = [
     "SpikingLayer",
     "SpikingLinear",
     "SpikingMaxPool2D",
+    "SpikingNetwork",
     "SpikingNeurons",
     "SpikingShapeOp",
     "ToTemporal",
+    "as_spiking_network",
     "check_timesteps",
     "custom_objects",
     "fusion_threshold",

@@ -98,6 +98,22 @@ class Program:
         )
         self.direct_static = self._direct_static_inputs()
         self.quiet_from = self._quiet_bounds()
+        self._last_reader = self._last_readers()
+
+    def _window_reads(self, layer, inbound: list[str]) -> list[str]:
+        """The values `window` reads to compute `layer` (a neuron layer behind a direct static
+        input reads the static value itself)."""
+        if len(inbound) == 1 and inbound[0] in self.direct_static:
+            return list(self.inbound[inbound[0]])
+        return list(inbound)
+
+    def _last_readers(self) -> dict[str, int]:
+        """Layer name -> index in the graph of the last layer `window` reads its value for."""
+        last = {}
+        for index, (layer, inbound) in enumerate(self.graph):
+            for name in self._window_reads(layer, inbound):
+                last[name] = index
+        return last
 
     def _quiet_bounds(self) -> dict[str, int]:
         """Neuron layers with a known step from which they are quiet (no spike, state kept):
@@ -184,6 +200,7 @@ class Program:
         start: int = 0,
         steps: int | None = None,
         static: dict | None = None,
+        keep: Collection[str] | None = None,
     ) -> tuple[dict[str, tf.Tensor], dict]:
         """Steps [start, start + steps) layer by layer, each layer's `window` from `state`.
 
@@ -199,6 +216,10 @@ class Program:
             Length of the run (default: the SNN's whole window T).
         static : dict, optional
             The static layers' values from an earlier run, so they are not computed again.
+        keep : collection of str, optional
+            The layers whose values to return; the others are dropped once their last
+            reader has run, so that an eager call holds a few layers' windows at a time,
+            not all of them. Default: every layer's value.
 
         Returns
         -------
@@ -210,7 +231,11 @@ class Program:
         if state is None:
             state = self.initial_state(tf.shape(x)[0], x.dtype)
         values, new_state = {}, dict(state)
-        for layer, inbound in self.graph:
+        for index, (layer, inbound) in enumerate(self.graph):
+            if keep is not None:  # drop what no later layer reads (the previous layer's reads)
+                for name in self._window_reads(*self.graph[index - 1]) if index else ():
+                    if self._last_reader[name] < index and name not in keep:
+                        values.pop(name, None)
             name = layer.name
             if isinstance(layer, keras.layers.InputLayer):
                 values[name] = x
@@ -241,6 +266,8 @@ class Program:
                 )
             if name in state:
                 new_state[name] = layer_state
+        if keep is not None:
+            values = {name: values[name] for name in keep}
         return values, new_state
 
     def chunked_window(self, x: tf.Tensor, chunk_steps: int, collect):

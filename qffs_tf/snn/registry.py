@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def spiking_layer_classes() -> tuple[type, ...]:
     """The Keras layer classes a converted SNN is made of."""
-    from qffs_tf.snn import integer, layers, neuron_layer
+    from qffs_tf.snn import integer, layers, network, neuron_layer
 
     return (
         layers.ToTemporal,
@@ -23,6 +23,7 @@ def spiking_layer_classes() -> tuple[type, ...]:
         integer.ExactIntegrate,
         integer.SumPool,
         integer.LevelOf,
+        network.SpikingNetwork,
     )
 
 

@@ -101,6 +101,7 @@ def with_timesteps(snn: keras.Model, timesteps: int) -> keras.Model:
     timesteps = check_timesteps(timesteps)
     if timesteps == timesteps_of(snn):
         return snn
+    from qffs_tf.snn.network import SpikingNetwork
     from qffs_tf.snn.registry import custom_objects
 
     config = snn.get_config()
@@ -108,6 +109,6 @@ def with_timesteps(snn: keras.Model, timesteps: int) -> keras.Model:
         if entry["class_name"] == "ToTemporal" or entry["class_name"].endswith(">ToTemporal"):
             entry["config"]["timesteps"] = timesteps
     with keras.utils.custom_object_scope(custom_objects()):
-        clone = keras.Model.from_config(config)
+        clone = SpikingNetwork.from_config(config)
     clone.set_weights(snn.get_weights())
     return clone
