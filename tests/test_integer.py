@@ -16,6 +16,9 @@ def integer_model(seed: int) -> keras.Model:
     """Every layer kind integer mode carries: zero padding, signed BatchNorm before each
     activation, a max-pool before an activation (moved behind it), a residual Add of spikes
     and a conv branch, depthwise conv, average and global average pooling, dense layers."""
+    # The kernels come from Keras's initializers: seed them, or they depend on which tests
+    # ran before in this process (randomize sets only biases and BatchNorm statistics).
+    keras.utils.set_random_seed(seed)
     layers = keras.layers
     inp = keras.Input((12, 12, 2))
     x = layers.ZeroPadding2D(1, name="pad")(inp)
