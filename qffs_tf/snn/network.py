@@ -58,7 +58,7 @@ class SpikingNetwork(keras.Model):
         return values[readout]
 
 
-def is_spiking_graph(model: keras.Model) -> bool:
+def _is_spiking_graph(model: keras.Model) -> bool:
     """Whether `model` is a converted SNN's graph (it has an Integrate and a Readout layer)."""
     layers = getattr(model, "layers", [])
     return any(isinstance(layer, Integrate) for layer in layers) and any(
@@ -84,7 +84,7 @@ def as_spiking_network(model: keras.Model) -> keras.Model:
     -------
     >>> snn = as_spiking_network(tf_keras.models.load_model("old_snn.keras"))
     """
-    if isinstance(model, SpikingNetwork) or not is_spiking_graph(model):
+    if isinstance(model, SpikingNetwork) or not _is_spiking_graph(model):
         return model
     if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
         return model
