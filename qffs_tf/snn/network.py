@@ -12,8 +12,7 @@ and `snn.predict(x)` give what `simulate` gives, bit for bit, by construction, a
 from __future__ import annotations
 
 from qffs_tf._keras import keras, tf
-from qffs_tf.snn.layers import Integrate, Readout
-from qffs_tf.snn.program import Program
+from qffs_tf.snn.program import Program, integrate_and_readout
 
 
 @keras.utils.register_keras_serializable(package="qffs_tf")
@@ -58,14 +57,6 @@ class SpikingNetwork(keras.Model):
         return values[readout]
 
 
-def _is_spiking_graph(model: keras.Model) -> bool:
-    """Whether `model` is a converted SNN's graph (it has an Integrate and a Readout layer)."""
-    layers = getattr(model, "layers", [])
-    return any(isinstance(layer, Integrate) for layer in layers) and any(
-        isinstance(layer, Readout) for layer in layers
-    )
-
-
 def as_spiking_network(model: keras.Model) -> keras.Model:
     """A converted SNN saved as a plain functional model, as a `SpikingNetwork` (the same
     layers and weights, shared); any other model as it is.
@@ -84,8 +75,9 @@ def as_spiking_network(model: keras.Model) -> keras.Model:
     -------
     >>> snn = as_spiking_network(tf_keras.models.load_model("old_snn.keras"))
     """
-    if isinstance(model, SpikingNetwork) or not _is_spiking_graph(model):
+    if isinstance(model, SpikingNetwork) or not getattr(model, "_is_graph_network", False):
         return model
-    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
+    integrate, readout = integrate_and_readout(model.layers)
+    if not integrate or not readout:  # not an SNN: Program's own test
         return model
     return SpikingNetwork(model.inputs, model.outputs, name=model.name)

@@ -45,6 +45,15 @@ def _is_temporal(layer) -> bool:
     return bool(getattr(layer, "temporal", False))
 
 
+def integrate_and_readout(layers) -> tuple[list, list]:
+    """The `Integrate` and the `Readout` layers among `layers`: a qffs_tf SNN has one of
+    each, so an empty list means the model is not one."""
+    return (
+        [layer for layer in layers if isinstance(layer, Integrate)],
+        [layer for layer in layers if isinstance(layer, Readout)],
+    )
+
+
 class Program:
     """A converted SNN as a program over its layer graph.
 
@@ -84,8 +93,7 @@ class Program:
         self.static_linears = [
             layer for layer in layers if isinstance(layer, SpikingLinear) and not layer.temporal
         ]
-        integrate = [layer for layer in layers if isinstance(layer, Integrate)]
-        readout = [layer for layer in layers if isinstance(layer, Readout)]
+        integrate, readout = integrate_and_readout(layers)
         if not integrate or not readout:
             raise ConversionError(
                 "This model is not a qffs_tf SNN (no Integrate / Readout layer); pass a model "
