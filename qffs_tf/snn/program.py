@@ -106,7 +106,7 @@ class Program:
         )
         self.direct_static = self._direct_static_inputs()
         self.quiet_from = self._quiet_bounds()
-        self._last_reader = self._last_readers()
+        self._released_before = self._releases()
 
     def _window_reads(self, layer, inbound: list[str]) -> list[str]:
         """The values `window` reads to compute `layer` (a neuron layer behind a direct static
@@ -115,13 +115,17 @@ class Program:
             return list(self.inbound[inbound[0]])
         return list(inbound)
 
-    def _last_readers(self) -> dict[str, int]:
-        """Layer name -> index in the graph of the last layer `window` reads its value for."""
+    def _releases(self) -> dict[int, list[str]]:
+        """Graph index -> the values no layer from that index on reads in `window` (each
+        listed once, just after its last reader)."""
         last = {}
         for index, (layer, inbound) in enumerate(self.graph):
             for name in self._window_reads(layer, inbound):
                 last[name] = index
-        return last
+        released: dict[int, list[str]] = {}
+        for name, index in last.items():
+            released.setdefault(index + 1, []).append(name)
+        return released
 
     def _quiet_bounds(self) -> dict[str, int]:
         """Neuron layers with a known step from which they are quiet (no spike, state kept):
@@ -240,9 +244,9 @@ class Program:
             state = self.initial_state(tf.shape(x)[0], x.dtype)
         values, new_state = {}, dict(state)
         for index, (layer, inbound) in enumerate(self.graph):
-            if keep is not None:  # drop what no later layer reads (the previous layer's reads)
-                for name in self._window_reads(*self.graph[index - 1]) if index else ():
-                    if self._last_reader[name] < index and name not in keep:
+            if keep is not None:  # drop what no layer from here on reads
+                for name in self._released_before.get(index, ()):
+                    if name not in keep:
                         values.pop(name, None)
             name = layer.name
             if isinstance(layer, keras.layers.InputLayer):
