@@ -23,13 +23,9 @@ sys.path.insert(0, ROOT)
 from absl import flags  # noqa: E402
 
 from benchmarks.baseline import baseline_package  # noqa: E402
+from benchmarks.workloads import MODELS, benchmark_images, calibrated_qat, check_names  # noqa: E402
 from qffs_tf import cli  # noqa: E402
 
-MODELS = {
-    "small_cnn": ("small_cnn", (28, 28, 1), 10),
-    "resnet18": ("resnet18", (32, 32, 3), 10),
-    "mobilenet_v1": ("mobilenet_v1", (64, 64, 3), 100),
-}
 MODES = ("predict", "layerwise", "stepwise")
 
 flags.DEFINE_string("baseline", "HEAD", "Commit (or any git revision) to compare against.")
@@ -47,12 +43,9 @@ FLAGS = flags.FLAGS
 
 def _variants(package, name: str, x, jit: bool) -> dict:
     """The QANN and the SNN runs of one package, as callables ending on the host."""
-    from qffs_tf._keras import keras, tf
+    from qffs_tf._keras import tf
 
-    zoo, shape, classes = MODELS[name]
-    keras.utils.set_random_seed(0)
-    model = package.models.build(zoo, input_shape=shape, num_classes=classes)
-    qat = package.quantize_model(model, FLAGS.activation_bits, calibration_data=x)
+    qat = calibrated_qat(name, x, FLAGS.activation_bits, package)
     snn = package.convert(qat, FLAGS.timesteps)
     images = tf.constant(x)
     runs = {}
@@ -73,9 +66,8 @@ def _variants(package, name: str, x, jit: bool) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
+    check_names(FLAGS.models)
     with cli.quiet_tensorflow():
-        import numpy as np
-
         import qffs_tf
         from qffs_tf import io_utils
         from qffs_tf._keras import tf
@@ -89,8 +81,7 @@ def main(argv: list[str]) -> None:
     started = os.getloadavg()
     rows = []
     for name in FLAGS.models:
-        shape = MODELS[name][1]
-        x = np.random.default_rng(0).uniform(0, 1, (FLAGS.batch_size, *shape)).astype(np.float32)
+        x = benchmark_images(name, FLAGS.batch_size)
         for xla in FLAGS.xla:
             jit = xla == "on"
             runs = {f"before {k}": v for k, v in _variants(qffs_base, name, x, jit).items()}

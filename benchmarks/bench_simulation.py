@@ -22,14 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
+from benchmarks.workloads import MODELS, benchmark_images, calibrated_qat, check_names  # noqa: E402
 from qffs_tf import cli  # noqa: E402
-
-MODELS = {
-    # name: (zoo name, input shape, classes)
-    "small_cnn": ("small_cnn", (28, 28, 1), 10),
-    "resnet18": ("resnet18", (32, 32, 3), 10),
-    "mobilenet_v1": ("mobilenet_v1", (64, 64, 3), 100),
-}
 
 flags.DEFINE_list("models", list(MODELS), f"Models to measure: {', '.join(MODELS)}.")
 flags.DEFINE_list("timesteps", ["1", "2", "4", "8", "16"], "Window lengths T.")
@@ -83,27 +77,20 @@ def _forward(model, images, jit: bool):
 
 def main(argv: list[str]) -> None:
     del argv
-    unknown = [name for name in FLAGS.models if name not in MODELS]
-    if unknown:
-        raise cli.UsageError(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    check_names(FLAGS.models)
     unknown = [mode for mode in FLAGS.modes if mode not in MODES]
     if unknown:
         raise cli.UsageError(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
     with cli.quiet_tensorflow():
-        import numpy as np
-
         import qffs_tf
-        from qffs_tf import io_utils, models
-        from qffs_tf._keras import keras, tf
+        from qffs_tf import io_utils
+        from qffs_tf._keras import tf
         from qffs_tf.conversion import folded_qann
 
     rows = []
     for name in FLAGS.models:
-        zoo, shape, classes = MODELS[name]
-        keras.utils.set_random_seed(0)
-        model = models.build(zoo, input_shape=shape, num_classes=classes, width=FLAGS.width)
-        x = np.random.default_rng(0).uniform(0, 1, (FLAGS.batch_size, *shape)).astype(np.float32)
-        qat = qffs_tf.quantize_model(model, FLAGS.activation_bits, calibration_data=x)
+        x = benchmark_images(name, FLAGS.batch_size)
+        qat = calibrated_qat(name, x, FLAGS.activation_bits, width=FLAGS.width)
         # Baseline: the inference-only QANN (BatchNorm folded, constant step sizes), the
         # fastest honest QANN; the tfmot QAT model's own forward time is reported beside it.
         folded = folded_qann(qat)

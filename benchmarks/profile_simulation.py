@@ -24,13 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
+from benchmarks.workloads import MODELS, benchmark_images, calibrated_qat, check_names  # noqa: E402
 from qffs_tf import cli  # noqa: E402
 
-MODELS = {
-    "small_cnn": ("small_cnn", (28, 28, 1), 10),
-    "resnet18": ("resnet18", (32, 32, 3), 10),
-    "mobilenet_v1": ("mobilenet_v1", (64, 64, 3), 100),
-}
 MODES = ("qann", "layerwise", "stepwise")
 
 flags.DEFINE_list("models", ["small_cnn"], f"Models: {', '.join(MODELS)}.")
@@ -112,15 +108,10 @@ def _summary(events, top: int) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    for name in FLAGS.models:
-        if name not in MODELS:
-            raise cli.UsageError(f"unknown model {name!r}; choose from {list(MODELS)}")
+    check_names(FLAGS.models)
     with cli.quiet_tensorflow():
-        import numpy as np
-
         import qffs_tf
-        from qffs_tf import models
-        from qffs_tf._keras import keras, tf
+        from qffs_tf._keras import tf
         from qffs_tf.conversion import folded_qann
 
         if FLAGS.threads:
@@ -128,11 +119,8 @@ def main(argv: list[str]) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(FLAGS.threads)
 
     for name in FLAGS.models:
-        zoo, shape, classes = MODELS[name]
-        keras.utils.set_random_seed(0)
-        model = models.build(zoo, input_shape=shape, num_classes=classes)
-        x = np.random.default_rng(0).uniform(0, 1, (FLAGS.batch_size, *shape)).astype(np.float32)
-        qat = qffs_tf.quantize_model(model, FLAGS.activation_bits, calibration_data=x)
+        x = benchmark_images(name, FLAGS.batch_size)
+        qat = calibrated_qat(name, x, FLAGS.activation_bits)
         snn = qffs_tf.convert(qat, FLAGS.timesteps)
         qann = folded_qann(qat)
         images = tf.constant(x)

@@ -8,6 +8,9 @@
    the quickstart run when `make quickstart` has made it, else of the quickstart architecture
    with calibrated, untrained weights (latency does not depend on the weights' values)
    -> benchmarks/results/tflite/latency.json (and .md).
+3. The memory-traffic floor (traffic_bound.py): the least time a simulation of dense float32
+   windows can take on this machine's memory bandwidth, as a ratio to T x the QANN's time
+   -> benchmarks/results/traffic_bound.json.
 
 The results folder is git-ignored: the numbers belong to the machine that measured them;
 BUILD.md keeps the tables that were measured for a change, with how they were measured.
@@ -33,6 +36,7 @@ def main() -> int:
     if os.path.exists(os.path.join(ROOT, "runs", "quickstart", "qat_model.keras")):
         tflite.append("--run_dir=runs/quickstart")
     status |= run(*tflite)
+    status |= run("benchmarks/traffic_bound.py", "--output=benchmarks/results/traffic_bound.json")
     return status
 
 

@@ -232,3 +232,26 @@ def test_steps_after_the_quiet_bound_are_skipped_exactly(timesteps):
         assert_same_run(qffs_tf.simulate(skipping, x, max_memory_mb=budget), reference)
     assert_same_run(qffs_tf.simulate(skipping, x, mode="stepwise"), reference)
     assert reference.spikes_per_step().sum() > 0
+
+
+def test_quiet_tails_are_written_by_the_neuron_pass_not_padded_on():
+    """A neuron layer whose quiet bound falls inside an unrolled window writes the zero tail
+    in its own pass (no Pad after it: that would be one more pass over its window), and the
+    forward pass still equals `simulate`'s last step bit for bit."""
+    model = every_layer_model(5)
+    x = images(8, model.input_shape[1:], 5)
+    qat = qffs_tf.quantize_model(model, activation_bits=2, calibration_data=x)
+    snn = qffs_tf.convert(qat, timesteps=9)
+    quiet_from = Program(snn).quiet_from
+    bounded = [name for name, bound in quiet_from.items() if bound < 9]
+    assert sorted(quiet_from[name] for name in bounded) == [3, 5, 7]  # see the test above
+    forward = tf.function(lambda v: snn(v))
+    graph = forward.get_concrete_function(tf.TensorSpec((len(x), *x.shape[1:]))).graph
+    padded = [
+        op.name
+        for op in graph.get_operations()
+        if op.type in ("Pad", "PadV2") and any(f"/{name}/" in f"/{op.name}" for name in bounded)
+    ]
+    assert padded == []
+    logits = qffs_tf.simulate(snn, x).logits[:, -1]
+    np.testing.assert_array_equal(forward(tf.constant(x)).numpy(), logits)

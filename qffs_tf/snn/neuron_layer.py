@@ -33,15 +33,26 @@ def _window_function(neuron, result: str = "both"):
     `inputs` is (B, T, ...), or, with `steps` given, the static (B, ...) value that the
     neuron model's input coding delivers: at the first step of the run if `first` ("once"),
     or at every step ("constant"); the other steps receive nothing, and no zeros are read.
+
+    With `computed` given, the steps from it on are known quiet (no spike, state kept): their
+    outputs are zeros written by the same pass, and their inputs are never read (a tail
+    padded on afterwards costs one more pass over the output: about 10 % of small_cnn's
+    forward pass).
     """
     key = (type(neuron), json.dumps(neuron.get_config(), sort_keys=True), result)
     if key not in _WINDOWS:
 
-        def window(inputs, state, threshold, levels, steps=None, first=True):
+        def window(inputs, state, threshold, levels, steps=None, first=True, computed=None):
             static = steps is not None
             every_step = neuron.input_coding == "constant"
             outputs = []
-            for t in range(steps if static else inputs.shape[1]):
+            total = steps if static else inputs.shape[1]
+            for t in range(total):
+                if computed is not None and t >= computed:
+                    if result == "state":
+                        break
+                    outputs.append(tf.zeros_like(state[0]))
+                    continue
                 if not static:
                     current = inputs[:, t]
                 elif every_step or (first and t == 0):
@@ -193,10 +204,12 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
         (`Program.quiet_from`, from the graph and `zero_from`)."""
         static = inputs.shape.rank == len(self.neuron_shape) + 1
         total = int(steps) if static else inputs.shape[1]
+        computed = None
         if quiet_from is not None and total is not None and start + total > quiet_from:
             # Steps from `quiet_from` on carry no spike and leave the state as it is: only the
             # ones before are computed, and zeros stand for the rest (the same numbers).
             computed = max(0, quiet_from - start)
+        if computed is not None and (computed == 0 or total > MAX_UNROLLED_STEPS):
             if computed > 0 and static:
                 outputs, state = self.window(inputs, state, start, computed)
             elif computed > 0:
@@ -218,15 +231,16 @@ class SpikingNeurons(SpikingLayer, keras.layers.RNN):
         threshold = tf.constant(self.threshold, inputs.dtype)
         levels = tf.constant(self.levels, inputs.dtype)
         args = (inputs, list(state), threshold, levels)
-        if static:
-            args = (*args, total, start == 0)
+        options = {"steps": total, "first": start == 0} if static else {}
+        if computed is not None:  # the unrolled window writes the quiet tail itself
+            options["computed"] = computed
         both = _window_function(self.neuron, "both")
         window = fused(both, int(np.prod(self.neuron_shape)))
         if total == 1 or window is not both:  # one step, or plain ops (nothing to split)
-            outputs, state = window(*args)
+            outputs, state = window(*args, **options)
         else:
-            outputs = _window_function(self.neuron, "outputs")(*args)
-            state = _window_function(self.neuron, "state")(*args)
+            outputs = _window_function(self.neuron, "outputs")(*args, **options)
+            state = _window_function(self.neuron, "state")(*args, **options)
         return outputs, list(state)
 
     def zero_from(self, inputs):
