@@ -78,22 +78,22 @@ def main(argv: list[str]) -> None:
         qat = calibrated_qat(name, x, FLAGS.activation_bits)
         snn = qffs_tf.convert(qat, FLAGS.timesteps)
         program = Program(snn)
-        # Per image, summed over neuron layers: neurons, and passes over their window that a
-        # dense window cannot avoid (spikes written; unless the neurons read the static
-        # charge directly, currents written, and read up to the quiet bound).
-        passes = {"neurons": 0, "forward": 0.0, "direct": 0}
+        # Per image, summed over neuron layers: neurons, those on the static input, and
+        # neuron-windows moved by the forward pass (spikes written; unless the neurons read
+        # the static charge directly, also currents written, and read up to the quiet bound).
+        census = {"neurons": 0, "direct": 0, "forward_windows": 0.0}
         for layer, inbound in program.graph:
             if not isinstance(layer, SpikingNeurons):
                 continue
             size = int(np.prod(layer.neuron_shape))
-            passes["neurons"] += size
+            census["neurons"] += size
             if len(inbound) == 1 and inbound[0] in program.direct_static:
-                passes["direct"] += size
-                passes["forward"] += size
+                census["direct"] += size
+                census["forward_windows"] += size
             else:
                 read = min(FLAGS.timesteps, program.quiet_from.get(layer.name, FLAGS.timesteps))
-                passes["forward"] += size * (2 + read / FLAGS.timesteps)
-        neurons[name] = passes
+                census["forward_windows"] += size * (2 + read / FLAGS.timesteps)
+        neurons[name] = census
         qann, batch = folded_qann(qat), tf.constant(x)
         for xla in FLAGS.xla:
             forward = tf.function(lambda v, m=qann: m(v, training=False), jit_compile=xla == "on")
@@ -103,17 +103,18 @@ def main(argv: list[str]) -> None:
     print(f"memory bandwidth (read + written): {bandwidth / 1e9:.1f} GB/s", flush=True)
     rows = []
     for (name, xla), qann_ms in best.items():
-        passes = neurons[name]
-        window_bytes = 4 * FLAGS.batch_size * FLAGS.timesteps * passes["neurons"]
-        forward_ms = 1e3 * window_bytes * passes["forward"] / passes["neurons"] / bandwidth
+        census = neurons[name]
+        bytes_per_neuron = 4 * FLAGS.batch_size * FLAGS.timesteps  # one float32 window
+        window_bytes = bytes_per_neuron * census["neurons"]
+        forward_ms = 1e3 * bytes_per_neuron * census["forward_windows"] / bandwidth
         simulation_ms = forward_ms + 1e3 * window_bytes / bandwidth  # statistics: one read
         budget_ms = FLAGS.timesteps * qann_ms
         rows.append(
             {
                 "model": name,
                 "xla": xla == "on",
-                "neurons_per_image": passes["neurons"],
-                "neurons_on_the_static_input": passes["direct"],
+                "neurons_per_image": census["neurons"],
+                "neurons_on_the_static_input": census["direct"],
                 "window_mb": window_bytes / 2**20,
                 "qann_ms": qann_ms,
                 "forward_floor_ms": forward_ms,
