@@ -1,8 +1,9 @@
 """The benchmark networks of issue 13's table, built the same way by every benchmark.
 
-Untrained zoo models with step sizes calibrated on uniform random images: the speed of a
-simulation does not depend on what the weights learned, only on shapes and on how many steps
-carry spikes (which calibrated untrained networks give realistically for the first layers).
+Untrained zoo models with step sizes calibrated on uniform random images. The speed of a
+simulation depends on the shapes and on how many steps carry spikes, not on what the weights
+learned; the activity of these networks is not a trained network's (untrained MobileNet-v1
+falls silent after a few blocks), so BUILD.md states it beside the numbers it affects.
 """
 
 from __future__ import annotations
