@@ -82,12 +82,12 @@ def main(argv: list[str]) -> None:
         # neuron-windows moved by the forward pass (spikes written; unless the neurons read
         # the static charge directly, also currents written, and read up to the quiet bound).
         census = {"neurons": 0, "direct": 0, "forward_windows": 0.0}
-        for layer, inbound in program.graph:
+        for layer, _ in program.graph:
             if not isinstance(layer, SpikingNeurons):
                 continue
             size = int(np.prod(layer.neuron_shape))
             census["neurons"] += size
-            if len(inbound) == 1 and inbound[0] in program.direct_static:
+            if program.reads_static(layer.name):
                 census["direct"] += size
                 census["forward_windows"] += size
             else:

@@ -108,19 +108,39 @@ class Program:
         self.quiet_from = self._quiet_bounds()
         self._released_before = self._releases()
 
-    def _window_reads(self, layer, inbound: list[str]) -> list[str]:
-        """The values `window` reads to compute `layer` (a neuron layer behind a direct static
-        input reads the static value itself)."""
-        if len(inbound) == 1 and inbound[0] in self.direct_static:
-            return list(self.inbound[inbound[0]])
-        return list(inbound)
+    def reads_static(self, name: str) -> bool:
+        """Whether layer `name` takes the static value itself in `window`: a neuron layer
+        whose only input is a ToTemporal in `direct_static` (nothing laid over the window).
+
+        Parameters
+        ----------
+        name : str
+            A layer of the SNN.
+
+        Returns
+        -------
+        bool
+
+        Example
+        -------
+        >>> [layer.name for layer, _ in program.graph if program.reads_static(layer.name)]
+        ['quant_conv1']
+        """
+        inbound = self.inbound[name]
+        return len(inbound) == 1 and inbound[0] in self.direct_static
+
+    def _window_reads(self, name: str) -> list[str]:
+        """The values `window` reads to compute layer `name`."""
+        if self.reads_static(name):
+            return list(self.inbound[self.inbound[name][0]])
+        return list(self.inbound[name])
 
     def _releases(self) -> dict[int, list[str]]:
         """Graph index -> the values no layer from that index on reads in `window` (each
         listed once, just after its last reader)."""
         last = {}
-        for index, (layer, inbound) in enumerate(self.graph):
-            for name in self._window_reads(layer, inbound):
+        for index, (layer, _) in enumerate(self.graph):
+            for name in self._window_reads(layer.name):
                 last[name] = index
         released: dict[int, list[str]] = {}
         for name, index in last.items():
@@ -260,12 +280,8 @@ class Program:
                 if name in state:  # "constant" coding keeps the value (see ToTemporal.step)
                     new_state[name] = [values[inbound[0]]]
                 continue
-            if len(inbound) == 1 and inbound[0] in self.direct_static:
-                inputs = [values[self.inbound[inbound[0]][0]]]
-                steps_here = steps or self.timesteps
-            else:
-                inputs = [values[i] for i in inbound]
-                steps_here = steps
+            inputs = [values[i] for i in self._window_reads(name)]
+            steps_here = (steps or self.timesteps) if self.reads_static(name) else steps
             arg = inputs if len(inputs) > 1 else inputs[0]
             if not _is_temporal(layer):
                 values[name] = layer(arg)
