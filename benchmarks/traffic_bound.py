@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
         from qffs_tf._keras import tf
         from qffs_tf.conversion import folded_qann
         from qffs_tf.evaluation.reports import markdown_table
-        from qffs_tf.snn import Program, SpikingNeurons
+        from qffs_tf.snn import SpikingNeurons, program_of
 
     # The bandwidth: one compiled elementwise pass over 256 MB, bytes read plus written.
     stream = tf.constant(np.ones(64 * 2**20, np.float32))
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
         x = benchmark_images(name, FLAGS.batch_size)
         qat = calibrated_qat(name, x, FLAGS.activation_bits)
         snn = qffs_tf.convert(qat, FLAGS.timesteps)
-        program = Program(snn)
+        program = program_of(snn)
         # Per image, summed over neuron layers: neurons, those on the static input, and
         # neuron-windows moved by the forward pass (spikes written; unless the neurons read
         # the static charge directly, also currents written, and read up to the quiet bound).

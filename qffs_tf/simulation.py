@@ -22,6 +22,7 @@ from qffs_tf._keras import keras, tf
 from qffs_tf.errors import InvalidArgumentError, InvalidInputError
 from qffs_tf.snn.base import fused, group_size
 from qffs_tf.snn.layers import SpikingLinear
+from qffs_tf.snn.network import program_of
 from qffs_tf.snn.program import Program
 from qffs_tf.snn.timesteps import check_timesteps, timesteps_of, with_timesteps
 
@@ -296,7 +297,7 @@ class _Simulator:
     """
 
     def __init__(self, snn: keras.Model, jit_compile: bool, chunk: int):
-        self.program = Program(snn)
+        self.program = program_of(snn)
         self.steps = self.program.timesteps
         self.chunk = chunk
         self.neuron_layers = self.program.neuron_layers

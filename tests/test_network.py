@@ -9,7 +9,7 @@ from snn_fixtures import every_layer_model, flatten_model
 
 import qffs_tf
 from qffs_tf._keras import keras, tf
-from qffs_tf.snn import Program, SpikingNetwork, with_timesteps
+from qffs_tf.snn import Program, SpikingNetwork, program_of, with_timesteps
 
 CASES = {"every_layer": (every_layer_model, (12, 12, 2)), "flatten": (flatten_model, (10, 10, 1))}
 
@@ -84,3 +84,13 @@ def test_an_snn_saved_as_a_plain_functional_model_loads_as_a_spiking_network(tmp
     plain = keras.models.load_model(path, compile=False)
     assert not isinstance(plain, SpikingNetwork)
     np.testing.assert_array_equal(plain(images).numpy(), snn(images).numpy())
+
+
+def test_the_network_program_is_built_once_and_shared():
+    """`simulate` and export take a SpikingNetwork's own program; a plain functional SNN
+    gets one of its own graph."""
+    _, snn, _ = converted("flatten")
+    assert program_of(snn) is snn.program
+    plain = layer_by_layer(snn)
+    program = program_of(plain)
+    assert isinstance(program, Program) and program.snn is plain

@@ -49,6 +49,7 @@ from qffs_tf.errors import ConversionError, ExportError, QFFSError
 from qffs_tf.export.runtime import quiet_signature_name
 from qffs_tf.io_utils import atomic_path
 from qffs_tf.snn.layers import ToTemporal
+from qffs_tf.snn.network import program_of
 from qffs_tf.snn.program import Program
 from qffs_tf.snn.timesteps import check_timesteps, timesteps_of
 
@@ -133,7 +134,7 @@ def _constants(state: dict) -> dict:
 
 def _snn_full_function(snn: keras.Model, timesteps: int):
     """Image in, readout after `timesteps` steps out: the program's step, unrolled."""
-    program = Program(snn)
+    program = program_of(snn)
     shape = program.input_shape
     # Batch-1 constants that broadcast against the first step's inputs: no shape ops in TFLite.
     initial = _constants(program.initial_state(1))
@@ -173,7 +174,7 @@ class _StreamingSNN(tf.Module):
 
     def __init__(self, snn: keras.Model, batch_size: int, window: int):
         super().__init__(name="snn_step")
-        self._program = _Untracked(Program(snn))  # the weights are tracked, not the layers
+        self._program = _Untracked(program_of(snn))  # the weights are tracked, not the layers
         self.weights = list(snn.weights)
         self.shape = self._program.value.input_shape
         self.initial = {
@@ -513,7 +514,7 @@ def export_tflite(
                 snn = _snn_for(model, timesteps)
                 steps = int(timesteps or timesteps_of(snn))
                 function = _snn_full_function(snn, steps)
-                shape = Program(snn).input_shape
+                shape = program_of(snn).input_shape
                 owner = tf.Module()
                 owner.weights = list(snn.weights)  # not the Keras model: saving would trace it
                 content = _convert(

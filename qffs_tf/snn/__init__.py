@@ -23,7 +23,7 @@ from qffs_tf.snn.layers import (
     SpikingShapeOp,
     ToTemporal,
 )
-from qffs_tf.snn.network import SpikingNetwork, as_spiking_network
+from qffs_tf.snn.network import SpikingNetwork, as_spiking_network, program_of
 from qffs_tf.snn.neuron_layer import NeuronCell, SpikingNeurons
 from qffs_tf.snn.neurons import NeuronModel, get_neuron, neuron_names, register_neuron
 from qffs_tf.snn.program import Program, layer_graph
@@ -56,6 +56,7 @@ __all__ = [
     "layers",
     "neuron_names",
     "neurons",
+    "program_of",
     "register_neuron",
     "timesteps_of",
     "with_timesteps",

@@ -81,3 +81,29 @@ def as_spiking_network(model: keras.Model) -> keras.Model:
     if not integrate or not readout:  # not an SNN: Program's own test
         return model
     return SpikingNetwork(model.inputs, model.outputs, name=model.name)
+
+
+def program_of(snn: keras.Model) -> Program:
+    """The `Program` of a converted SNN: a `SpikingNetwork`'s own, built once and shared by
+    its call, `simulate` and export; a new one for a plain functional SNN.
+
+    Parameters
+    ----------
+    snn : tf_keras.Model
+        A model made by `qffs_tf.convert` (or an SNN loaded as a plain functional model).
+
+    Returns
+    -------
+    Program
+
+    Raises
+    ------
+    ConversionError
+        If `snn` is not a qffs_tf SNN.
+
+    Example
+    -------
+    >>> program_of(snn).quiet_from
+    {'quant_conv1': 3, 'quant_conv2': 5}
+    """
+    return snn.program if isinstance(snn, SpikingNetwork) else Program(snn)
